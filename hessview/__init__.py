@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Explorer": "hessview.widgets",
-    "LandscapeExplorer": "hessview.widgets",
+    "LandscapeExplorer": "hessview.widgets.landscape_explorer",
     "Landscape": "hessview.landscape",
 }
 

@@ -1,0 +1,261 @@
+"""``Explorer``: click a test point, see its most influential training points, uncertainty and flag.
+
+One :class:`~hessview.widgets.state.ExplorerState` holds the selection; the views observe it and
+read :class:`~hessview.widgets.results.ExplorerResults`, computed once at construction, so a click
+costs no gradient computation (Dawid et al., MLST 3, 015002 (2022) for the quantities shown).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import logging
+import os
+
+import ipywidgets as widgets
+import numpy as np
+import traitlets
+
+from hessview._io import atomic_path
+from hessview.widgets.panels import DetailView, GalleryView, label_text
+from hessview.widgets.plots import InfluenceView, MainView, SpectrumView
+from hessview.widgets.renderers import make_renderer
+from hessview.widgets.results import ExplorerResults
+from hessview.widgets.state import ExplorerState
+
+logger = logging.getLogger(__name__)
+
+CSV_COLUMNS = (
+    "test_index", "role", "rank", "train_index", "train_x", "train_label", "influence", "relatif",
+)
+MAX_K = 10
+
+
+class Explorer(widgets.AppLayout):
+    """Interactive explorer of a fitted :class:`hessview.HessianToolbox` on a test set.
+
+    Args:
+        toolbox: a fitted toolbox; its ``X_train`` and ``y_train`` feed the gallery.
+        X_test: test inputs ``(n_test, ...)``; y_test: optional test labels.
+        x: control parameter of each test point (e.g. V1/J or temperature); the index if None.
+        x_label: name of the control parameter.
+        train_x: control parameter of each training point; the index if None.
+        render: gallery thumbnails: ``"1d"``, ``"2d"``, a ``Renderer``, a function
+            ``example -> widget``, or None to choose from the examples' shape.
+        k: number of most helpful and most harmful training points shown (1 to 10).
+        n_resamples, seed: resampling uncertainty settings (``toolbox.uncertainty``).
+        class_names: names of the classes; X_train, y_train: override the toolbox's training data.
+        results: precomputed :class:`ExplorerResults` (skips querying the toolbox).
+        title: heading of the app.
+
+    Attributes:
+        state: the shared :class:`ExplorerState` (``index``, ``k``, ``kind``, ``status``).
+        results: the precomputed :class:`ExplorerResults`.
+        main, influence, gallery, detail, spectrum: the views.
+    """
+
+    def __init__(self, toolbox, X_test, y_test=None, *, x=None, x_label=None, train_x=None,
+                 render=None, k: int = 5, n_resamples: int = 200, seed: int = 0,
+                 class_names=None, X_train=None, y_train=None, results=None, title=None):
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
+            raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        X_train = X_train if X_train is not None else getattr(toolbox, "X_train", None)
+        if X_train is None:
+            raise ValueError("the toolbox has no X_train: pass X_train= to draw the gallery")
+        if results is None:
+            results = ExplorerResults.from_toolbox(
+                toolbox, X_test, y_test, x=x, train_x=train_x, y_train=y_train,
+                n_resamples=n_resamples, seed=seed)
+        elif not isinstance(results, ExplorerResults):
+            raise TypeError(f"results must be ExplorerResults, got {type(results).__name__}")
+        if len(X_train) != results.n_train:
+            raise ValueError(f"X_train has {len(X_train)} rows but the toolbox has "
+                             f"{results.n_train} training points")
+        if not 1 <= k <= min(MAX_K, results.n_train):
+            raise ValueError(f"k must be between 1 and {min(MAX_K, results.n_train)}, got {k}")
+        if class_names is not None:
+            class_names = [str(name) for name in class_names]
+            if results.is_classification and len(class_names) != results.n_classes:
+                raise ValueError(f"class_names has {len(class_names)} names but the model has "
+                                 f"{results.n_classes} classes")
+        self.results = results
+        self.class_names = class_names
+        self.x_label = x_label or ("control parameter" if x is not None else "test point index")
+        self.train_x_label = x_label if train_x is not None and x_label else (
+            "control parameter" if train_x is not None else "training point index")
+        self.state = ExplorerState(results.n_test, k=int(k))
+        self._order = np.argsort(results.x, kind="stable")
+
+        self.main = MainView(results, x_label=self.x_label, y_label=self._y_label(),
+                             on_select=self._select)
+        self.influence = InfluenceView(results, train_x_label=self.train_x_label)
+        self.gallery = GalleryView(results, X_train, make_renderer(render, tuple(X_train.shape[1:])),
+                                   max_k=min(MAX_K, results.n_train),
+                                   train_x_label=self.train_x_label, class_names=class_names)
+        self.detail = DetailView(results, x_label=self.x_label, class_names=class_names)
+        self.spectrum = SpectrumView(results)
+        self.status = widgets.HTML()
+        self.status.add_class("hv-status")
+        self.export_link = widgets.HTML()
+        self.export_link.add_class("hv-export")
+        controls = self._controls()
+
+        super().__init__(
+            header=widgets.VBox([widgets.HTML(f"<h3 style='margin:4px 0'>{title or 'hessview'}</h3>"),
+                                 controls, self.status]),
+            center=widgets.VBox([self.main.widget, self.influence.widget]),
+            right_sidebar=widgets.VBox([self.detail.widget, self.spectrum.widget]),
+            footer=self.gallery.widget,
+            pane_widths=[0, 3, 2],
+            grid_gap="8px",
+        )
+        # AppLayout accepts only px/fr/% heights; rows sized to their content read best here.
+        self.layout.grid_template_rows = "auto auto auto"
+        self.add_class("hv-explorer")
+        self.state.observe(self._status_changed, "status")
+        self.state.observe(self._index_changed, "index")
+        self.state.observe(self._ranking_changed, ["k", "kind"])
+        self._refresh(self._all_parts())
+
+    # ---------------------------------------------------------------- wiring
+    def _controls(self) -> widgets.HBox:
+        self.previous_button = widgets.Button(description="previous", icon="arrow-left",
+                                              tooltip="test point to the left")
+        self.next_button = widgets.Button(description="next", icon="arrow-right",
+                                          tooltip="test point to the right")
+        self.previous_button.on_click(lambda _: self.step(-1))
+        self.next_button.on_click(lambda _: self.step(+1))
+        self.kind_toggle = widgets.ToggleButtons(
+            options=[("influence", "influence"), ("RelatIF", "relatif")], value=self.state.kind,
+            tooltips=["Koh & Liang influence", "relative influence (RelatIF)"])
+        self.k_slider = widgets.IntSlider(value=self.state.k, min=1,
+                                          max=min(MAX_K, self.results.n_train),
+                                          description="top k", continuous_update=False)
+        traitlets.link((self.kind_toggle, "value"), (self.state, "kind"))
+        traitlets.link((self.k_slider, "value"), (self.state, "k"))
+        return widgets.HBox([self.previous_button, self.next_button, self.kind_toggle,
+                             self.k_slider, self.export_link],
+                            layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+
+    def _y_label(self) -> str:
+        if not self.results.is_classification:
+            return "prediction"
+        plotted = self.results.plotted_class()
+        if plotted is None:
+            return "P(predicted class)"
+        return f"P({label_text(plotted, self.class_names or ['class 0', 'class 1'])})"
+
+    def _select(self, index: int) -> None:
+        try:
+            self.state.index = index
+        except traitlets.TraitError as error:
+            self.state.status = f"Could not select that point: {error}"
+
+    def step(self, direction: int) -> None:
+        """Select the neighbouring test point along the control parameter (-1 left, +1 right)."""
+        position = int(np.flatnonzero(self._order == self.state.index)[0]) + direction
+        self.state.index = int(self._order[min(max(position, 0), len(self._order) - 1)])
+
+    def _all_parts(self):
+        s = self.state
+        return [
+            ("main view", lambda: self.main.show(s.index)),
+            ("detail", lambda: self.detail.show(s.index)),
+            ("buttons", self._update_buttons),
+        ] + self._ranking_parts()
+
+    def _ranking_parts(self):
+        s = self.state
+        return [
+            ("influence view", lambda: self.influence.show(s.index, s.k, s.kind)),
+            ("gallery", lambda: self.gallery.show(s.index, s.k, s.kind)),
+            ("export", self._update_export),
+        ]
+
+    def _index_changed(self, _change) -> None:
+        self._refresh(self._all_parts())
+
+    def _ranking_changed(self, _change) -> None:
+        self._refresh(self._ranking_parts())
+
+    def _refresh(self, parts) -> None:
+        """Run each view's update; a failing view reports in the status line, the others go on."""
+        failures = []
+        for name, update in parts:
+            try:
+                update()
+            except Exception as error:
+                logger.exception("hessview explorer: updating the %s failed", name)
+                failures.append(f"{name}: {type(error).__name__}: {error}")
+        s = self.state
+        if failures:
+            s.status = ("Could not update the " + "; ".join(failures)
+                        + ". The other panels show test point #" + str(s.index) + ".")
+        else:
+            s.status = (f"Test point #{s.index} selected ({self.x_label} = "
+                        f"{self.results.x[s.index]:.4g}); showing the top {s.k} by "
+                        f"{'influence' if s.kind == 'influence' else 'RelatIF'}.")
+
+    def _status_changed(self, change) -> None:
+        failed = change["new"].startswith("Could not")
+        (self.status.add_class if failed else self.status.remove_class)("hv-status-error")
+        colour = "#b00020" if failed else "#333333"
+        self.status.value = f'<span style="color:{colour}">{html.escape(change["new"])}</span>'
+
+    def _update_buttons(self) -> None:
+        position = int(np.flatnonzero(self._order == self.state.index)[0])
+        self.previous_button.disabled = position == 0
+        self.next_button.disabled = position == len(self._order) - 1
+
+    def _update_export(self) -> None:
+        s = self.state
+        payload = base64.b64encode(self.to_csv().encode()).decode()
+        self.export_link.value = (
+            f'<a download="hessview-test-{s.index}-top{s.k}.csv" '
+            f'href="data:text/csv;base64,{payload}" class="jupyter-button" '
+            'style="padding:4px 10px;text-decoration:none">Export top-k (CSV)</a>')
+
+    # ---------------------------------------------------------------- public
+    def select(self, index: int) -> None:
+        """Select test point ``index`` (as a click on it would)."""
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"index must be an integer, got {type(index).__name__}")
+        if not 0 <= index < self.results.n_test:
+            raise ValueError(f"test index {index} is outside 0..{self.results.n_test - 1}")
+        self.state.index = int(index)
+
+    def top_k_rows(self) -> list[dict]:
+        """Rows of the selected point's top-k table, most helpful first, then most harmful."""
+        s, r = self.state, self.results
+        rows = []
+        for role, chosen in zip(("helpful", "harmful"), r.top_k(s.index, s.k, s.kind), strict=True):
+            for rank, train in enumerate(chosen.tolist(), start=1):
+                label = None if r.y_train is None else r.y_train[train]
+                rows.append({
+                    "test_index": s.index, "role": role, "rank": rank, "train_index": train,
+                    "train_x": float(r.train_x[train]),
+                    "train_label": "" if label is None else label_text(label, self.class_names),
+                    "influence": float(r.influence[s.index, train]),
+                    "relatif": float(r.relatif[s.index, train]),
+                })
+        return rows
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """Return the selected point's top-k table as CSV text; also write it to ``path`` if given.
+
+        Columns: test_index, role (helpful/harmful), rank, train_index, train_x, train_label,
+        influence, relatif (full precision, ``repr`` of the float).
+        """
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.top_k_rows():
+            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+        text = buffer.getvalue()
+        if path is not None:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+        return text
+

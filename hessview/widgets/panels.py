@@ -1,0 +1,206 @@
+"""The explorer's text panels: the gallery of influential training examples and the detail panel.
+
+Every number is also written into a ``data-`` attribute at full precision, so that tests and
+scripts read the values shown without parsing rounded text.
+"""
+
+from __future__ import annotations
+
+import html
+
+import bqplot as bq
+import ipywidgets as widgets
+import numpy as np
+
+from hessview.widgets.plots import EXTRAPOLATION, IN_DISTRIBUTION
+from hessview.widgets.renderers import Renderer
+from hessview.widgets.results import ExplorerResults
+
+
+def label_text(label, class_names: list[str] | None) -> str:
+    """Return a label as text, by class name when one is known.
+
+    >>> label_text(1, ["LL", "CDW"]), label_text(2.5, None)
+    ('CDW', '2.5')
+    """
+    if label is None:
+        return "unknown"
+    if class_names is not None and float(label).is_integer() and 0 <= int(label) < len(class_names):
+        return class_names[int(label)]
+    return f"{label:.4g}" if isinstance(label, (float, np.floating)) else str(label)
+
+
+class GalleryView:
+    """Thumbnails of the ``k`` most helpful and ``k`` most harmful training points.
+
+    ``max_k`` cards per side are made once; a selection fills the first ``k`` and hides the rest.
+    """
+
+    def __init__(self, results: ExplorerResults, X_train, renderer: Renderer, *, max_k: int,
+                 train_x_label: str, class_names: list[str] | None):
+        self.results = results
+        self.X_train = X_train
+        self.renderer = renderer
+        self.train_x_label = train_x_label
+        self.class_names = class_names
+        self.cards = {role: [self._card() for _ in range(max_k)] for role in ("helpful", "harmful")}
+        self.headings = {role: widgets.HTML() for role in ("helpful", "harmful")}
+        rows = []
+        for role in ("helpful", "harmful"):
+            row = widgets.HBox([card for card, _, _ in self.cards[role]],
+                               layout=widgets.Layout(flex_flow="row wrap"))
+            row.add_class(f"hv-gallery-{role}")
+            rows += [self.headings[role], row]
+        self.widget = widgets.VBox(rows)
+        self.widget.add_class("hv-gallery")
+
+    def _card(self) -> tuple[widgets.VBox, widgets.HTML, widgets.Widget]:
+        caption = widgets.HTML()
+        view = self.renderer.create()
+        card = widgets.VBox([view, caption], layout=widgets.Layout(margin="2px 6px", width="160px"))
+        card.add_class("hv-card")
+        return card, caption, view
+
+    def _example(self, index: int) -> np.ndarray:
+        example = self.X_train[index]
+        return example.detach().cpu().numpy() if hasattr(example, "detach") else np.asarray(example)
+
+    def show(self, index: int, k: int, kind: str) -> None:
+        """Fill the cards for test point ``index``; re-raise the first renderer error at the end."""
+        name = "influence" if kind == "influence" else "RelatIF"
+        scores = self.results.scores(kind)[index]
+        first_error = None
+        for role, chosen in zip(("helpful", "harmful"), self.results.top_k(index, k, kind), strict=True):
+            self.headings[role].value = (
+                f"<b>{len(chosen)} most {role} training points</b> for test point #{index} "
+                f"(by {name})"
+            )
+            for slot, (card, caption, view) in enumerate(self.cards[role]):
+                if slot >= len(chosen):
+                    card.layout.display = "none"
+                    continue
+                train = int(chosen[slot])
+                card.layout.display = None
+                caption.value = self._caption(train, scores[train], role, name)
+                try:
+                    self.renderer.update(view, self._example(train))
+                except Exception as error:  # shown in the status line by the explorer
+                    first_error = first_error or error
+        if first_error is not None:
+            raise first_error
+
+    def _caption(self, train: int, score: float, role: str, name: str) -> str:
+        label = None if self.results.y_train is None else self.results.y_train[train]
+        return (
+            f'<div class="hv-card-caption" data-train-index="{train}" data-score="{float(score)!r}" '
+            f'data-role="{role}" style="font-size:12px;line-height:1.3">'
+            f"<b>#{train}</b> &middot; {html.escape(label_text(label, self.class_names))}<br>"
+            f"{html.escape(self.train_x_label)} = {self.results.train_x[train]:.4g}<br>"
+            f"{name} {score:+.3g}</div>"
+        )
+
+
+class DetailView:
+    """Prediction, per-class RUE intervals and the extrapolation badge of the selected test point."""
+
+    def __init__(self, results: ExplorerResults, *, x_label: str, class_names: list[str] | None):
+        self.results = results
+        self.x_label = x_label
+        self.class_names = class_names
+        self.summary = widgets.HTML()
+        self.summary.add_class("hv-detail")
+        n_rows = results.n_classes or 1
+        self.row_names = (
+            list(class_names or [f"class {c}" for c in range(n_rows)])
+            if results.is_classification
+            else ["value"]
+        )
+        self.interval_scale = bq.LinearScale(min=0.0, max=1.0) if results.is_classification \
+            else bq.LinearScale()
+        xy = {"x": bq.LinearScale(min=-0.5, max=n_rows - 0.5), "y": self.interval_scale}
+        self.interval_lines = bq.Lines(x=np.zeros((n_rows, 2)), y=np.zeros((n_rows, 2)),
+                                       scales=xy, colors=["#555555"], stroke_width=3)
+        self.means = bq.Scatter(x=np.arange(n_rows, dtype=np.float64), y=np.zeros(n_rows),
+                                scales=xy, colors=["black"], default_size=40)
+        axes = [
+            bq.Axis(scale=xy["x"], tick_values=np.arange(n_rows),
+                    tick_labels={str(c): name for c, name in enumerate(self.row_names)}),
+            bq.Axis(scale=self.interval_scale, side="left", tick_format=".2f"),
+        ]
+        self.interval_figure = bq.Figure(
+            marks=[self.interval_lines, self.means], axes=axes,
+            title=f"Resampling uncertainty (RUE, {results.level:.0%} interval)",
+            fig_margin={"top": 35, "bottom": 30, "left": 45, "right": 10},
+            layout=widgets.Layout(width="100%", height="200px"),
+        )
+        self.interval_table = widgets.HTML()
+        self.uncertainty = widgets.VBox([self.interval_figure, self.interval_table])
+        self.uncertainty.add_class("hv-uncertainty")
+        self.badge = widgets.HTML()
+        self.badge.add_class("hv-extrapolation")
+        self.widget = widgets.VBox([self.summary, self.uncertainty, self.badge])
+
+    def _rows(self, index: int) -> tuple[np.ndarray, ...]:
+        r = self.results
+        return tuple(np.atleast_1d(a[index]) for a in (
+            r.prediction, r.uncertainty_mean, r.uncertainty_std, r.uncertainty_lower,
+            r.uncertainty_upper))
+
+    def show(self, index: int) -> None:
+        """Fill the panel for test point ``index``."""
+        r = self.results
+        prediction, mean, std, lower, upper = self._rows(index)
+        self.summary.value = self._summary(index, prediction)
+        with self.interval_lines.hold_sync():
+            positions = np.arange(len(mean), dtype=np.float64)
+            self.interval_lines.x = np.stack([positions, positions], axis=1)
+            self.interval_lines.y = np.stack([lower, upper], axis=1)
+        self.means.y = mean
+        cells = "".join(
+            f'<tr data-row="{c}" data-mean="{float(mean[c])!r}" data-std="{float(std[c])!r}" '
+            f'data-lower="{float(lower[c])!r}" data-upper="{float(upper[c])!r}">'
+            f"<td>{html.escape(name)}</td><td>{mean[c]:.3f} &plusmn; {std[c]:.3f}</td>"
+            f"<td>[{lower[c]:.3f}, {upper[c]:.3f}]</td></tr>"
+            for c, name in enumerate(self.row_names)
+        )
+        self.interval_table.value = (
+            '<table class="hv-interval-table" style="font-size:12px">'
+            f"<tr><th></th><th>mean &plusmn; std</th><th>{r.level:.0%} interval</th></tr>"
+            f"{cells}</table>"
+        )
+        self.badge.value = self._badge(index)
+
+    def _summary(self, index: int, prediction: np.ndarray) -> str:
+        r = self.results
+        truth = "" if r.y_test is None else (
+            f"true label: <b>{html.escape(label_text(r.y_test[index], self.class_names))}</b> &middot; ")
+        if r.is_classification:
+            predicted = int(np.argmax(prediction))
+            name = label_text(predicted, self.class_names or [f"class {c}" for c in range(len(prediction))])
+            guess = f"predicted: <b>{html.escape(name)}</b> (p = {prediction[predicted]:.3f})"
+        else:
+            guess = f"predicted value: <b>{prediction[0]:.4g}</b>"
+        return (
+            f'<div data-test-index="{index}"><span style="font-size:16px"><b>Test point #{index}</b>'
+            f"</span> &middot; {html.escape(self.x_label)} = {r.x[index]:.4g}<br>{truth}{guess}</div>"
+        )
+
+    def _badge(self, index: int) -> str:
+        r = self.results
+        score, threshold = r.extrapolation_score[index], r.extrapolation_threshold
+        flagged = bool(r.extrapolation_flag[index])
+        if flagged:
+            words = ("Extrapolation: this input lies outside what the training data constrain, "
+                     "so do not trust this prediction without checking.")
+            colour = EXTRAPOLATION
+        else:
+            words = "Within the training data: the model is interpolating here."
+            colour = IN_DISTRIBUTION
+        comparison = "&gt;" if score > threshold else "&le;"
+        return (
+            f'<div class="hv-badge" data-flag="{str(flagged).lower()}" data-score="{float(score)!r}" '
+            f'data-threshold="{float(threshold)!r}" style="border-left:6px solid {colour};'
+            f'padding:4px 8px;background:#f7f7f7"><b style="color:{colour}">'
+            f'{"EXTRAPOLATION" if flagged else "IN DISTRIBUTION"}</b><br>{words}<br>'
+            f"score {score:.3g} {comparison} threshold {threshold:.3g}</div>"
+        )

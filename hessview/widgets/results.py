@@ -1,0 +1,210 @@
+"""Everything the explorer shows, computed once from a fitted toolbox so that a click costs no gradient.
+
+The quantities are those of Dawid et al., MLST 3, 015002 (2022): influence functions (Koh & Liang
+removal convention, positive = helpful), RelatIF, resampling uncertainty (RUE) and the local-ensemble
+extrapolation score, all read from :class:`hessview.HessianToolbox`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hessview.widgets.state import SCORE_KINDS
+
+
+def _as_numpy(values) -> np.ndarray:
+    """Return ``values`` (numpy array or torch tensor) as a numpy array."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _control_parameter(values, n: int, what: str) -> np.ndarray:
+    """Return a control-parameter vector of length ``n`` (the point index when ``values`` is None)."""
+    if values is None:
+        return np.arange(n, dtype=np.float64)
+    values = _as_numpy(values).astype(np.float64).reshape(-1)
+    if values.shape[0] != n:
+        raise ValueError(f"{what} has {values.shape[0]} values but there are {n} points")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return values
+
+
+def _labels(values, n: int, what: str) -> np.ndarray | None:
+    """Return labels as a length-``n`` vector (one-hot rows become class indices), or None."""
+    if values is None:
+        return None
+    values = _as_numpy(values)
+    if values.ndim == 0 or values.shape[0] != n:
+        raise ValueError(f"{what} has shape {values.shape} but there are {n} points")
+    if values.size == n:
+        return values.reshape(n)
+    return np.argmax(values.reshape(n, -1), axis=1)
+
+
+@dataclass(frozen=True)
+class ExplorerResults:
+    """Precomputed predictions, scores, uncertainty, extrapolation and spectrum for a test set.
+
+    Arrays are indexed ``[test point]`` or ``[test point, training point]``; ``prediction``,
+    ``uncertainty_*`` are ``(n_test, C)`` class probabilities for classification and ``(n_test,)``
+    values for regression.
+    """
+
+    x: np.ndarray
+    train_x: np.ndarray
+    y_test: np.ndarray | None
+    y_train: np.ndarray | None
+    prediction: np.ndarray
+    influence: np.ndarray
+    relatif: np.ndarray
+    uncertainty_mean: np.ndarray
+    uncertainty_std: np.ndarray
+    uncertainty_lower: np.ndarray
+    uncertainty_upper: np.ndarray
+    level: float
+    extrapolation_score: np.ndarray
+    extrapolation_threshold: float
+    extrapolation_flag: np.ndarray
+    eigenvalues: np.ndarray
+    damping: float
+
+    @classmethod
+    def from_toolbox(
+        cls,
+        toolbox,
+        X_test,
+        y_test=None,
+        *,
+        x=None,
+        train_x=None,
+        y_train=None,
+        n_resamples: int = 200,
+        seed: int = 0,
+        level: float = 0.95,
+    ) -> ExplorerResults:
+        """Query a fitted toolbox once for every test point.
+
+        Args:
+            toolbox: a fitted :class:`hessview.HessianToolbox`.
+            X_test: test inputs, shape ``(n_test, ...)``.
+            y_test: optional test labels; influence is then taken for the true label (else the
+                toolbox's default, the predicted label).
+            x: control parameter of each test point (defaults to the index).
+            train_x: control parameter of each training point (defaults to the index).
+            y_train: training labels shown in the gallery (defaults to ``toolbox.y_train``).
+            n_resamples: bootstrap resamples for ``toolbox.uncertainty``.
+            seed: seed of the resampling.
+            level: coverage of the uncertainty interval.
+        """
+        if not isinstance(n_resamples, int) or n_resamples < 2:
+            raise ValueError(f"n_resamples must be an integer >= 2, got {n_resamples!r}")
+        n_test = len(X_test)
+        if n_test < 1:
+            raise ValueError("X_test is empty: the explorer needs at least one test point")
+        n_train = int(toolbox.n_train)
+        if y_train is None:
+            y_train = getattr(toolbox, "y_train", None)
+        uncertainty = toolbox.uncertainty(
+            X_test, y_test, n_resamples=n_resamples, seed=seed, level=level
+        )
+        extrapolation = toolbox.extrapolation(X_test)
+        return cls(
+            x=_control_parameter(x, n_test, "x"),
+            train_x=_control_parameter(train_x, n_train, "train_x"),
+            y_test=_labels(y_test, n_test, "y_test"),
+            y_train=_labels(y_train, n_train, "y_train"),
+            prediction=_as_numpy(toolbox.predict(X_test)).astype(np.float64),
+            influence=_as_numpy(toolbox.influence(X_test, y_test)).astype(np.float64),
+            relatif=_as_numpy(toolbox.relatif(X_test, y_test)).astype(np.float64),
+            uncertainty_mean=_as_numpy(uncertainty.mean).astype(np.float64),
+            uncertainty_std=_as_numpy(uncertainty.std).astype(np.float64),
+            uncertainty_lower=_as_numpy(uncertainty.lower).astype(np.float64),
+            uncertainty_upper=_as_numpy(uncertainty.upper).astype(np.float64),
+            level=float(level),
+            extrapolation_score=_as_numpy(extrapolation.score).astype(np.float64).reshape(-1),
+            extrapolation_threshold=float(extrapolation.threshold),
+            extrapolation_flag=_as_numpy(extrapolation.flag).astype(bool).reshape(-1),
+            eigenvalues=_as_numpy(toolbox.eigenvalues).astype(np.float64).reshape(-1),
+            damping=float(toolbox.damping_),
+        )
+
+    @property
+    def n_test(self) -> int:
+        """Number of test points."""
+        return self.influence.shape[0]
+
+    @property
+    def n_train(self) -> int:
+        """Number of training points."""
+        return self.influence.shape[1]
+
+    @property
+    def is_classification(self) -> bool:
+        """True when predictions are class probabilities ``(n_test, C)``."""
+        return self.prediction.ndim == 2 and self.prediction.shape[1] > 1
+
+    @property
+    def n_classes(self) -> int | None:
+        """Number of classes, None for regression."""
+        return self.prediction.shape[1] if self.is_classification else None
+
+    def scores(self, kind: str) -> np.ndarray:
+        """Return the ``(n_test, n_train)`` matrix of ``"influence"`` or ``"relatif"`` scores."""
+        if kind not in SCORE_KINDS:
+            raise ValueError(f"kind must be one of {SCORE_KINDS}, got {kind!r}")
+        return self.influence if kind == "influence" else self.relatif
+
+    def top_k(self, index: int, k: int, kind: str = "influence") -> tuple[np.ndarray, np.ndarray]:
+        """Return the training indices of the ``k`` most helpful and ``k`` most harmful points.
+
+        Helpful points have a positive score (removing them would raise the test loss), harmful
+        ones a negative score; each list is sorted from the strongest and may hold fewer than
+        ``k`` points when fewer have that sign.
+
+        >>> import numpy as np
+        >>> r = ExplorerResults.__new__(ExplorerResults)
+        >>> object.__setattr__(r, "influence", np.array([[0.5, -2.0, 3.0, -0.1, 0.0]]))
+        >>> helpful, harmful = r.top_k(0, 2)
+        >>> helpful.tolist(), harmful.tolist()
+        ([2, 0], [1, 3])
+        """
+        if not 0 <= index < self.n_test:
+            raise ValueError(f"test index {index} is outside 0..{self.n_test - 1}")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        row = self.scores(kind)[index]
+        order = np.argsort(-row, kind="stable")
+        helpful = order[row[order] > 0][:k]
+        harmful = order[::-1][row[order[::-1]] < 0][:k]
+        return helpful, harmful
+
+    def plotted_class(self) -> int | None:
+        """Class whose probability the main view plots: class 1 for two classes, None otherwise."""
+        return 1 if self.n_classes == 2 else None
+
+    def main_value(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per test point: the plotted value and its RUE interval (lower, upper).
+
+        Binary classification plots P(class 1); more classes plot the probability of the predicted
+        class; regression plots the predicted value.
+        """
+        if not self.is_classification:
+            return (
+                self.prediction.reshape(-1),
+                self.uncertainty_lower.reshape(-1),
+                self.uncertainty_upper.reshape(-1),
+            )
+        cls = self.plotted_class()
+        column = (
+            np.full(self.n_test, cls) if cls is not None else np.argmax(self.prediction, axis=1)
+        )
+        rows = np.arange(self.n_test)
+        return (
+            self.prediction[rows, column],
+            self.uncertainty_lower[rows, column],
+            self.uncertainty_upper[rows, column],
+        )

@@ -1,0 +1,377 @@
+"""Headless tests of hessview.Explorer against numbers read directly from a fitted HessianToolbox.
+
+A small MLP learns a 1D "phase transition" (label = control parameter > 0, a few labels flipped so
+that both helpful and harmful training points exist). Every panel is checked after a simulated
+click against the toolbox's own influence / RelatIF / RUE / extrapolation (the ground truth).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import warnings
+
+import bqplot as bq
+import ipywidgets as widgets
+import numpy as np
+import pytest
+import torch
+from support import train_model
+from torch import nn
+
+from hessview import HessianToolbox
+from hessview.widgets import Explorer, ExplorerResults, LatticeRenderer, LineRenderer, Renderer
+
+N_RESAMPLES = 40
+REQUIRED_CLASSES = {"hv-main", "hv-influence", "hv-gallery", "hv-uncertainty", "hv-extrapolation",
+                    "hv-status", "hv-detail"}
+
+
+def fit_toolbox(model, X, y, loss="cross_entropy"):
+    train_model(model, X, y, loss=loss, weight_decay=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return HessianToolbox(model, X, y, loss=loss, weight_decay=0.01, progress=False).fit()
+
+
+@pytest.fixture(scope="module")
+def problem():
+    torch.manual_seed(0)
+    train_x = torch.linspace(-2, 2, 36, dtype=torch.float64)
+    X = torch.stack([train_x, 0.3 * torch.randn(36, dtype=torch.float64)], 1)
+    y = (train_x > 0).long()
+    y[[15, 16, 21]] = 1 - y[[15, 16, 21]]  # label noise near the transition: harmful points
+    tb = fit_toolbox(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2)), X, y)
+    order = torch.randperm(12)  # test points not sorted along x: prev/next must sort them
+    test_x = torch.linspace(-3, 3, 12, dtype=torch.float64)[order]
+    X_test = torch.stack([test_x, torch.tensor([0, 0, 4, 0, 0, -4, 0, 0, 4, 0, 0, 0.])[order]], 1)
+    y_test = (test_x > 0).long()
+    truth = {
+        "prediction": tb.predict(X_test),
+        "influence": tb.influence(X_test, y_test),
+        "relatif": tb.relatif(X_test, y_test),
+        "uncertainty": tb.uncertainty(X_test, y_test, n_resamples=N_RESAMPLES, seed=0),
+        "extrapolation": tb.extrapolation(X_test),
+    }
+    return dict(tb=tb, X=X, y=y, train_x=train_x.numpy(), X_test=X_test, y_test=y_test,
+                test_x=test_x.numpy(), truth=truth)
+
+
+def make_explorer(p, **kwargs):
+    options = dict(x=p["test_x"], x_label="V1/J", train_x=p["train_x"], n_resamples=N_RESAMPLES,
+                   class_names=["LL", "CDW"], k=3)
+    options.update(kwargs)
+    return Explorer(p["tb"], p["X_test"], p["y_test"], **options)
+
+
+@pytest.fixture
+def explorer(problem):
+    return make_explorer(problem)
+
+
+def expected_top(scores_row, k):
+    """Ground truth: the k largest positive scores (descending), the k most negative (ascending)."""
+    ranked = sorted(range(len(scores_row)), key=lambda j: -scores_row[j])
+    helpful = [j for j in ranked if scores_row[j] > 0][:k]
+    harmful = [j for j in reversed(ranked) if scores_row[j] < 0][:k]
+    return helpful, harmful
+
+
+def attrs(html, name):
+    return re.findall(rf'data-{name}="([^"]*)"', html)
+
+
+def shown_gallery(ex):
+    out = {}
+    for role in ("helpful", "harmful"):
+        out[role] = [(int(attrs(caption.value, "train-index")[0]), float(attrs(caption.value, "score")[0]))
+                     for card, caption, _ in ex.gallery.cards[role] if card.layout.display != "none"]
+    return out
+
+
+def assert_panels_show(ex, p, i, kind="influence"):
+    truth = p["truth"]
+    k = ex.state.k
+    assert ex.state.index == i
+    # detail: the index as text, the prediction
+    assert f"Test point #{i}" in ex.detail.summary.value
+    assert attrs(ex.detail.summary.value, "test-index") == [str(i)]
+    predicted = int(np.argmax(truth["prediction"][i]))
+    assert f"p = {truth['prediction'][i, predicted]:.3f}" in ex.detail.summary.value
+    # uncertainty: one row per class with the RUE mean, std and interval
+    table = ex.detail.interval_table.value
+    unc = truth["uncertainty"]
+    for name, values in (("mean", unc.mean), ("std", unc.std), ("lower", unc.lower), ("upper", unc.upper)):
+        np.testing.assert_allclose([float(v) for v in attrs(table, name)], values[i], rtol=1e-12)
+    np.testing.assert_allclose(ex.detail.means.y, unc.mean[i], rtol=1e-12)
+    np.testing.assert_allclose(ex.detail.interval_lines.y, np.stack([unc.lower[i], unc.upper[i]], 1))
+    # extrapolation badge
+    ext = truth["extrapolation"]
+    badge = ex.detail.badge.value
+    assert attrs(badge, "flag") == [str(bool(ext.flag[i])).lower()]
+    assert float(attrs(badge, "score")[0]) == pytest.approx(ext.score[i], rel=1e-12)
+    assert float(attrs(badge, "threshold")[0]) == pytest.approx(ext.threshold, rel=1e-12)
+    assert ("EXTRAPOLATION" in badge) == bool(ext.flag[i])
+    # influence view and gallery
+    scores = truth[kind][i]
+    np.testing.assert_allclose(ex.influence.points.y, scores, rtol=1e-12)
+    np.testing.assert_array_equal(ex.influence.points.color, np.sign(scores))
+    helpful, harmful = expected_top(scores.tolist(), k)
+    np.testing.assert_allclose(ex.influence.top.y, scores[helpful + harmful], rtol=1e-12)
+    gallery = shown_gallery(ex)
+    assert [j for j, _ in gallery["helpful"]] == helpful
+    assert [j for j, _ in gallery["harmful"]] == harmful
+    for j, score in gallery["helpful"] + gallery["harmful"]:
+        assert score == pytest.approx(scores[j], rel=1e-12)
+    # each thumbnail draws its own training example
+    for role, chosen in (("helpful", helpful), ("harmful", harmful)):
+        for (_, _, view), j in zip(ex.gallery.cards[role], chosen):
+            np.testing.assert_array_equal(view.marks[0].y, p["X"][j].numpy())
+    # main view: the point is selected and the cursor sits on it
+    assert list(ex.main.points.selected) == [i]
+    assert list(ex.main.cursor.x) == [p["test_x"][i]] * 2
+    assert "Could not" not in ex.state.status
+
+
+def test_fixture_has_both_signs_and_both_flags(problem):
+    influence, flags = problem["truth"]["influence"], problem["truth"]["extrapolation"].flag
+    assert (influence > 0).any() and (influence < 0).any()
+    assert flags.any() and not flags.all()
+
+
+def test_main_view_matches_toolbox(explorer, problem):
+    truth = problem["truth"]
+    np.testing.assert_allclose(explorer.main.points.x, problem["test_x"])
+    np.testing.assert_allclose(explorer.main.points.y, truth["prediction"][:, 1], rtol=1e-12)
+    np.testing.assert_array_equal(explorer.main.points.color, truth["extrapolation"].flag.astype(float))
+    np.testing.assert_allclose(explorer.main.intervals.y[:, 0], truth["uncertainty"].lower[:, 1])
+    np.testing.assert_allclose(explorer.main.intervals.y[:, 1], truth["uncertainty"].upper[:, 1])
+
+
+def test_initial_state_shows_point_zero(explorer, problem):
+    assert_panels_show(explorer, problem, 0)
+
+
+def test_click_by_selection_updates_every_panel(explorer, problem):
+    for i in range(problem["X_test"].shape[0]):
+        explorer.main.points.selected = np.array([i])
+        assert_panels_show(explorer, problem, i)
+
+
+def test_click_by_element_click_message(explorer, problem):
+    flagged = int(np.flatnonzero(problem["truth"]["extrapolation"].flag)[0])
+    message = {"event": "element_click",
+               "data": {"x": float(problem["test_x"][flagged]), "y": 0.5, "index": flagged}}
+    explorer.main.points._handle_custom_msgs(None, message)
+    assert_panels_show(explorer, problem, flagged)
+    assert "EXTRAPOLATION" in explorer.detail.badge.value
+
+
+def test_previous_and_next_walk_along_the_control_parameter(explorer, problem):
+    order = np.argsort(problem["test_x"])
+    explorer.select(int(order[0]))
+    assert explorer.previous_button.disabled
+    visited = [explorer.state.index]
+    for _ in range(len(order) - 1):
+        explorer.next_button.click()
+        visited.append(explorer.state.index)
+    assert visited == order.tolist()
+    assert explorer.next_button.disabled and not explorer.previous_button.disabled
+    explorer.previous_button.click()
+    assert_panels_show(explorer, problem, int(order[-2]))
+
+
+def test_k_slider_changes_gallery_and_highlight(explorer, problem):
+    i = int(np.argmax((problem["truth"]["influence"] < 0).sum(1)))
+    explorer.select(i)
+    for k in (1, 5, 2):
+        explorer.k_slider.value = k
+        assert explorer.state.k == k
+        assert_panels_show(explorer, problem, i)
+    assert len(shown_gallery(explorer)["helpful"]) == 2
+
+
+def test_relatif_toggle(explorer, problem):
+    i = 2
+    explorer.select(i)
+    explorer.kind_toggle.value = "relatif"
+    assert explorer.state.kind == "relatif"
+    assert_panels_show(explorer, problem, i, kind="relatif")
+    assert explorer.influence.y_axis.label == "RelatIF"
+    explorer.kind_toggle.value = "influence"
+    assert_panels_show(explorer, problem, i)
+
+
+def test_error_in_a_callback_shows_in_status_and_app_keeps_working(problem):
+    class Flaky(LineRenderer):
+        fail = False
+
+        def update(self, view, example):
+            if self.fail:
+                raise RuntimeError("cannot draw this state")
+            super().update(view, example)
+
+    renderer = Flaky()
+    ex = make_explorer(problem, render=renderer)
+    renderer.fail = True
+    ex.main.points.selected = np.array([4])
+    assert ex.state.index == 4
+    assert "gallery" in ex.state.status and "cannot draw this state" in ex.state.status
+    assert "hv-status-error" in ex.status._dom_classes
+    assert "cannot draw this state" in ex.status.value and "Traceback" not in ex.status.value
+    assert "Test point #4" in ex.detail.summary.value  # the other panels still updated
+    renderer.fail = False
+    ex.main.points.selected = np.array([7])
+    assert_panels_show(ex, problem, 7)
+    assert "hv-status-error" not in ex.status._dom_classes
+
+
+def test_bad_element_click_reports_instead_of_raising(explorer, problem):
+    explorer.select(3)
+    explorer.main.points._handle_custom_msgs(None, {"event": "element_click", "data": {"index": 99}})
+    assert explorer.state.index == 3
+    assert "Could not select" in explorer.state.status
+
+
+def test_css_classes_present(explorer):
+    found, stack = set(), [explorer]
+    while stack:
+        w = stack.pop()
+        found.update(getattr(w, "_dom_classes", ()))
+        stack.extend(c for c in getattr(w, "children", ()) if c is not None)
+        stack.extend(getattr(w, n) for n in ("header", "center", "right_sidebar", "footer")
+                     if isinstance(getattr(w, n, None), widgets.Widget))
+    assert REQUIRED_CLASSES <= found
+
+
+def test_to_csv_matches_toolbox(explorer, problem, tmp_path):
+    i = int(np.argmax((problem["truth"]["influence"] < 0).sum(1)))
+    explorer.select(i)
+    text = explorer.to_csv(tmp_path / "top.csv")
+    assert (tmp_path / "top.csv").read_text() == text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    influence, relatif = problem["truth"]["influence"][i], problem["truth"]["relatif"][i]
+    helpful, harmful = expected_top(influence.tolist(), explorer.state.k)
+    assert [int(r["train_index"]) for r in rows] == helpful + harmful
+    assert [r["role"] for r in rows] == ["helpful"] * len(helpful) + ["harmful"] * len(harmful)
+    for r in rows:
+        j = int(r["train_index"])
+        assert float(r["influence"]) == influence[j] and float(r["relatif"]) == relatif[j]
+        assert float(r["train_x"]) == problem["train_x"][j]
+        assert r["train_label"] == ["LL", "CDW"][int(problem["y"][j])]
+        assert int(r["test_index"]) == i
+    link = explorer.export_link.value
+    assert f'download="hessview-test-{i}-top{explorer.state.k}.csv"' in link
+    payload = re.search(r"base64,([^\"]+)", link).group(1)
+    import base64
+
+    assert base64.b64decode(payload).decode() == text
+
+
+def test_spectrum_view(explorer, problem):
+    eig = problem["tb"].eigenvalues.numpy()
+    shown = np.concatenate([explorer.spectrum.positive.y, explorer.spectrum.negative.y])
+    np.testing.assert_allclose(np.sort(shown), np.sort(np.log10(np.abs(eig))), rtol=1e-12)
+    assert len(explorer.spectrum.negative.y) == int((eig < 0).sum())
+    assert f"damping {problem['tb'].damping_:.3g}" in explorer.spectrum.figure.title
+
+
+def test_lattice_and_user_renderers(problem):
+    torch.manual_seed(1)
+    spins = torch.sign(torch.randn(24, 3, 3, dtype=torch.float64))
+    y = (spins.sum((1, 2)) > 0).long()
+    tb = fit_toolbox(nn.Sequential(nn.Flatten(), nn.Linear(9, 2)), spins, y)
+    ex = Explorer(tb, spins[:4], y[:4], k=2, n_resamples=N_RESAMPLES)
+    assert isinstance(ex.gallery.renderer, LatticeRenderer)
+    for card, caption, view in ex.gallery.cards["helpful"]:
+        if card.layout.display != "none":
+            j = int(attrs(caption.value, "train-index")[0])
+            assert isinstance(view.marks[0], bq.GridHeatMap)
+            np.testing.assert_array_equal(view.marks[0].color, spins[j].numpy())
+
+    seen = []
+
+    def draw(example):
+        seen.append(example)
+        return widgets.HTML(f"sum={example.sum():.0f}")
+
+    ex = Explorer(tb, spins[:4], y[:4], k=2, n_resamples=N_RESAMPLES, render=draw)
+    shown = [int(attrs(c.value, "train-index")[0]) for card, c, _ in ex.gallery.cards["helpful"]
+             + ex.gallery.cards["harmful"] if card.layout.display != "none"]
+    assert len(seen) == len(shown) > 0
+    for example, j in zip(seen, shown):
+        np.testing.assert_array_equal(example, spins[j].numpy())
+
+    ex = Explorer(tb, spins[:4], y[:4], k=2, n_resamples=N_RESAMPLES, render=lambda e: "not a widget")
+    assert "TypeError" in ex.state.status and "must return an ipywidgets Widget" in ex.state.status
+
+
+def test_regression_toolbox(problem):
+    torch.manual_seed(2)
+    X = torch.linspace(-1, 1, 20, dtype=torch.float64).unsqueeze(1)
+    y = torch.sin(3 * X) + 0.1 * torch.randn_like(X)
+    tb = fit_toolbox(nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)), X, y, loss="mse")
+    X_test = torch.linspace(-2, 2, 6, dtype=torch.float64).unsqueeze(1)
+    y_test = torch.sin(3 * X_test)
+    ex = Explorer(tb, X_test, y_test, x=X_test[:, 0], n_resamples=N_RESAMPLES, k=2)
+    ex.select(5)
+    np.testing.assert_allclose(ex.main.points.y, tb.predict(X_test).reshape(-1), rtol=1e-12)
+    unc = tb.uncertainty(X_test, y_test, n_resamples=N_RESAMPLES, seed=0)
+    table = ex.detail.interval_table.value
+    assert float(attrs(table, "mean")[0]) == pytest.approx(float(np.ravel(unc.mean)[5]), rel=1e-12)
+    helpful, harmful = expected_top(tb.influence(X_test, y_test)[5].tolist(), 2)
+    gallery = shown_gallery(ex)
+    assert [j for j, _ in gallery["helpful"]] == helpful
+    assert [j for j, _ in gallery["harmful"]] == harmful
+
+
+def test_results_can_be_reused(explorer, problem):
+    again = Explorer(problem["tb"], problem["X_test"], results=explorer.results, k=2)
+    again.select(6)
+    np.testing.assert_allclose(again.influence.points.y, problem["truth"]["influence"][6])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"k": 0}, ValueError, "k must be between"),
+        ({"k": 11}, ValueError, "k must be between"),
+        ({"k": "3"}, TypeError, "k must be an integer"),
+        ({"x": np.zeros(5)}, ValueError, "x has 5 values"),
+        ({"x": np.full(12, np.nan)}, ValueError, "NaN"),
+        ({"train_x": np.zeros(3)}, ValueError, "train_x has 3 values"),
+        ({"class_names": ["a", "b", "c"]}, ValueError, "class_names has 3 names"),
+        ({"render": "3d"}, ValueError, "render must be"),
+        ({"render": 42}, TypeError, "render must be"),
+        ({"results": {"influence": 1}}, TypeError, "results must be ExplorerResults"),
+        ({"n_resamples": 1}, ValueError, "n_resamples"),
+        ({"X_train": np.zeros((3, 2))}, ValueError, "X_train has 3 rows"),
+    ],
+)
+def test_bad_arguments(problem, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make_explorer(problem, **kwargs)
+
+
+def test_bad_test_labels_and_empty_test_set(problem):
+    with pytest.raises(ValueError, match="y_test"):
+        ExplorerResults.from_toolbox(problem["tb"], problem["X_test"], np.zeros(5), n_resamples=4)
+    with pytest.raises(ValueError, match="empty"):
+        ExplorerResults.from_toolbox(problem["tb"], problem["X_test"][:0], n_resamples=4)
+
+
+def test_bad_selection(explorer):
+    with pytest.raises(ValueError, match="outside"):
+        explorer.select(12)
+    with pytest.raises(TypeError, match="integer"):
+        explorer.select(1.5)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        explorer.results.top_k(0, 2, "gradient")
+
+
+def test_renderer_base_and_lattice_shape_errors():
+    with pytest.raises(NotImplementedError):
+        Renderer().create()
+    with pytest.raises(ValueError, match="square lattice"):
+        LatticeRenderer().update(LatticeRenderer().create(), np.zeros(5))

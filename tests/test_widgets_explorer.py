@@ -126,7 +126,7 @@ def assert_panels_show(ex, p, i, kind="influence"):
         assert score == pytest.approx(scores[j], rel=1e-12)
     # each thumbnail draws its own training example
     for role, chosen in (("helpful", helpful), ("harmful", harmful)):
-        for (_, _, view), j in zip(ex.gallery.cards[role], chosen):
+        for (_, _, view), j in zip(ex.gallery.cards[role], chosen, strict=False):
             np.testing.assert_array_equal(view.marks[0].y, p["X"][j].numpy())
     # main view: the point is selected and the cursor sits on it
     assert list(ex.main.points.selected) == [i]
@@ -300,7 +300,7 @@ def test_lattice_and_user_renderers(problem):
     shown = [int(attrs(c.value, "train-index")[0]) for card, c, _ in ex.gallery.cards["helpful"]
              + ex.gallery.cards["harmful"] if card.layout.display != "none"]
     assert len(seen) == len(shown) > 0
-    for example, j in zip(seen, shown):
+    for example, j in zip(seen, shown, strict=True):
         np.testing.assert_array_equal(example, spins[j].numpy())
 
     ex = Explorer(tb, spins[:4], y[:4], k=2, n_resamples=N_RESAMPLES, render=lambda e: "not a widget")

@@ -1,0 +1,80 @@
+"""Basin-hopping global optimisation (Li & Scheraga 1987; Wales & Doye 1997, GMIN).
+
+Each step perturbs the current minimum's coordinates uniformly in :math:`[-s, s]^P`, quenches, stores the
+minimum, and accepts it as the new current minimum with the Metropolis probability
+:math:`\\min(1, e^{-(L_\\text{new} - L_\\text{old})/T})`. Step ``k`` draws its random numbers from
+``numpy.random.default_rng([seed, k])`` and the step counter and current minimum are committed together
+with each new minimum, so a run killed at any moment resumes exactly where the last commit left it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hessview.landscape.quench import quench
+
+if TYPE_CHECKING:
+    from hessview.landscape.database import Minimum
+    from hessview.landscape.landscape import Landscape
+
+_STEP_KEY = "basin_hopping_step"
+_CURRENT_KEY = "basin_hopping_current"
+
+
+def _start(landscape: Landscape) -> int:
+    """Quench a random starting point (step 0) and store it as the current minimum."""
+    rng = np.random.default_rng([landscape.seed, 0])
+    scale = 1.0 / math.sqrt(landscape.network.n_inputs)
+    for _ in range(10):
+        point = quench(landscape.loss, rng.normal(0.0, scale, landscape.network.n_params))
+        if point is not None:
+            break
+    else:
+        raise RuntimeError("no minimum found from 10 random starting points")
+    db = landscape.db
+    with db.connection:
+        minimum_id, _ = landscape._record_minimum(point)
+        db.set_meta(_CURRENT_KEY, str(minimum_id))
+        db.set_meta(_STEP_KEY, "1")
+    return minimum_id
+
+
+def run(
+    landscape: Landscape,
+    n_steps: int,
+    temperature: float,
+    step_size: float,
+    callback: Callable[[int, Minimum | None, bool], None] | None,
+    progress: bool,
+) -> None:
+    """Run ``n_steps`` more basin-hopping steps on ``landscape``, resuming from its database."""
+    db = landscape.db
+    current_id = db.get_meta(_CURRENT_KEY)
+    current_id = _start(landscape) if current_id is None else int(current_id)
+    current = db.minimum(current_id)
+    step = int(db.get_meta(_STEP_KEY))
+    for _ in tqdm(range(n_steps), desc="basin-hopping", disable=not progress):
+        rng = np.random.default_rng([landscape.seed, step])
+        start = current.coords + rng.uniform(-step_size, step_size, current.coords.shape)
+        point = quench(landscape.loss, start)
+        found = None
+        accepted = False
+        with db.connection:
+            if point is not None:
+                found_id, _ = landscape._record_minimum(point)
+                found = db.minimum(found_id)
+                rise = found.loss - current.loss
+                accepted = rise <= 0 or rng.random() < math.exp(-rise / temperature)
+                if accepted:
+                    db.set_meta(_CURRENT_KEY, str(found_id))
+            db.set_meta(_STEP_KEY, str(step + 1))
+        if accepted:
+            current = found
+        if callback is not None:
+            callback(step, found, accepted)
+        step += 1

@@ -1,0 +1,88 @@
+"""Local minimisation ("quench"): L-BFGS, then Newton steps on the exact Hessian to a tight gradient.
+
+GMIN and OPTIM quench with L-BFGS to a small RMS gradient; here the network is small enough that the
+exact Hessian is cheap, so a few Newton steps :math:`\\theta \\leftarrow \\theta - H^{-1}\\nabla L` take the
+gradient to round-off, and the same Hessian classifies the point: a minimum has no negative eigenvalue.
+A quench that ends on a saddle is pushed down its negative-curvature direction and restarted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+
+from hessview.landscape.network import RegularisedLoss
+
+#: eigenvalues below ``-NEGATIVE_TOLERANCE * max(1, |largest|)`` count as negative.
+NEGATIVE_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Stationary:
+    """A converged stationary point: coordinates, loss, gradient norm and ascending Hessian eigenpairs."""
+
+    coords: np.ndarray
+    loss: float
+    gradient_norm: float
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+
+    @property
+    def n_negative(self) -> int:
+        """Number of negative Hessian eigenvalues (the Morse index)."""
+        scale = max(1.0, float(np.abs(self.eigenvalues).max()))
+        return int((self.eigenvalues < -NEGATIVE_TOLERANCE * scale).sum())
+
+    @property
+    def log_product(self) -> float:
+        """:math:`\\sum \\log|\\lambda_i|` over the nonzero eigenvalues (the harmonic factor)."""
+        scale = max(1.0, float(np.abs(self.eigenvalues).max()))
+        nonzero = np.abs(self.eigenvalues) > NEGATIVE_TOLERANCE * scale
+        return float(np.log(np.abs(self.eigenvalues[nonzero])).sum())
+
+
+def analyse(loss: RegularisedLoss, coords: np.ndarray) -> Stationary:
+    """Loss, gradient norm and Hessian eigen-decomposition at ``coords``."""
+    value, grad = loss.value_and_gradient(coords)
+    eigenvalues, eigenvectors = np.linalg.eigh(loss.hessian(coords))
+    return Stationary(coords, value, float(np.linalg.norm(grad)), eigenvalues, eigenvectors)
+
+
+def newton_polish(loss: RegularisedLoss, coords: np.ndarray, gtol: float, max_steps: int = 8):
+    """Newton steps to ``|grad| < gtol`` while the Hessian stays positive definite; returns the analysis."""
+    point = analyse(loss, coords)
+    for _ in range(max_steps):
+        if point.gradient_norm < gtol or point.n_negative or point.eigenvalues[0] <= 0:
+            break
+        _, grad = loss.value_and_gradient(point.coords)
+        step = point.eigenvectors @ ((point.eigenvectors.T @ grad) / point.eigenvalues)
+        candidate = analyse(loss, point.coords - step)
+        if candidate.gradient_norm >= point.gradient_norm:
+            break
+        point = candidate
+    return point
+
+
+def quench(
+    loss: RegularisedLoss, start: np.ndarray, *, gtol: float = 1e-9, max_restarts: int = 3
+) -> Stationary | None:
+    """Minimise from ``start``; return the minimum, or ``None`` if no true minimum was reached."""
+    coords = np.asarray(start, dtype=np.float64)
+    for _ in range(max_restarts + 1):
+        result = minimize(
+            loss.value_and_gradient, coords, jac=True, method="L-BFGS-B",
+            options={"gtol": 1e-7, "ftol": 1e-15, "maxiter": 5000},
+        )
+        point = newton_polish(loss, result.x, gtol)
+        if point.n_negative == 0 and point.gradient_norm < gtol:
+            return point
+        if point.n_negative == 0:
+            coords = point.coords
+            continue
+        direction = point.eigenvectors[:, 0]
+        coords = point.coords + 1e-2 * direction
+        if loss.value(coords) > loss.value(point.coords - 1e-2 * direction):
+            coords = point.coords - 1e-2 * direction
+    return None

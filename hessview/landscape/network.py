@@ -26,7 +26,7 @@ except ImportError:  # threadpoolctl only saves time; without it BLAS keeps its 
     def threadpool_limits(limits):  # noqa: D103
         return contextlib.nullcontext()
 
-from hessview.landscape._hessian import flat_hessian
+from hessview.hessian import flat_hessian
 
 
 @contextlib.contextmanager

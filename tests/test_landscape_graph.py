@@ -109,22 +109,24 @@ def test_hand_made_basins():
 
 
 def test_harmonic_superposition_matches_boltzmann_integral_at_low_temperature():
-    # E(x, y) = (x^2 - 1)^2 + 0.1 x + (2 + x) y^2 / 2: two wells with different y-curvature.
-    roots = np.sort(np.roots([4.0, 0.0, -4.0, 0.1]).real)
+    # E(x, y) = (x^2 - 1)^2 + t x + (2 + x) y^2 / 2: two wells with different y-curvature.
+    tilt = 0.005
+    roots = np.sort(np.roots([4.0, 0.0, -4.0, tilt]).real)
     minima, barrier_x = roots[[0, 2]], roots[1]
-    energy = minima**4 - 2 * minima**2 + 1 + 0.1 * minima
+    energy = minima**4 - 2 * minima**2 + 1 + tilt * minima
     log_products = np.log((12 * minima**2 - 4) * (2 + minima))
     temperature = 0.01
     x = np.linspace(-2.0, 2.0, 4001)
     y = np.linspace(-1.5, 1.5, 1501)
     xx, yy = np.meshgrid(x, y, indexing="ij")
-    e = (xx**2 - 1) ** 2 + 0.1 * xx + 0.5 * (2 + xx) * yy**2
+    e = (xx**2 - 1) ** 2 + tilt * xx + 0.5 * (2 + xx) * yy**2
     weight = np.exp(-(e - energy.min()) / temperature)
     left = weight[x < barrier_x].sum()
     exact = np.array([left, weight.sum() - left]) / weight.sum()
     approx = occupation_probabilities(energy, log_products, temperature)
-    np.testing.assert_allclose(approx, exact, rtol=0.03)
-    assert abs(approx[0] - exact[0]) < 0.01
+    np.testing.assert_allclose(approx, exact, atol=2e-3)  # 0.8246 vs 0.8244 here
+    # the curvature factor matters: energies alone would give 0.731 for the left well
+    assert abs(occupation_probabilities(energy, 0 * log_products, temperature)[0] - exact[0]) > 0.05
 
 
 def test_occupation_probabilities_refuse_bad_temperature():

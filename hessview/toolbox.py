@@ -155,7 +155,9 @@ class HessianToolbox:
 
             hessian += flat_hessian(chunk_objective, theta, chunk_size=row_chunk, progress=self.progress)
         self.hessian = hessian
-        self.eigenvalues, self.eigenvectors = torch.linalg.eigh(hessian)
+        eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
+        # row-major like a loaded cache, so that a saved and reloaded toolbox gives identical numbers
+        self.eigenvalues, self.eigenvectors = eigenvalues, eigenvectors.contiguous()
         self.train_gradients = per_sample_gradients(self._sample_loss, theta, X, y)
         self._set_derived()
         self._fitted = True

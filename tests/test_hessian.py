@@ -20,8 +20,14 @@ class SmallCNN(nn.Module):
     def __init__(self, out=2):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv1d(1, 3, 5, padding=1), nn.MaxPool1d(2), nn.ReLU(),
-            nn.Conv1d(3, 4, 3), nn.AvgPool1d(2), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+            nn.Conv1d(1, 3, 5, padding=1),
+            nn.MaxPool1d(2),
+            nn.ReLU(),
+            nn.Conv1d(3, 4, 3),
+            nn.AvgPool1d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Dropout(0.5),
         )
         self.head = nn.Linear(4 * 3, out)
 

@@ -80,7 +80,9 @@ def test_relatif_is_influence_over_parameter_change_norm(recwarn):
     solved = torch.linalg.solve(H, G.T)  # (P, n)
     expected = (test_g @ solved / solved.norm(dim=0)).numpy()
     np.testing.assert_allclose(tb.relatif(X_test), expected, rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(tb.influence(X_test), (test_g @ solved).numpy() / len(X), rtol=1e-8, atol=1e-14)
+    np.testing.assert_allclose(
+        tb.influence(X_test), (test_g @ solved).numpy() / len(X), rtol=1e-8, atol=1e-14
+    )
 
 
 def test_queries_before_fit_are_refused():

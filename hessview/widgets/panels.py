@@ -73,7 +73,9 @@ class GalleryView:
         for role, chosen in zip(("helpful", "harmful"), self.results.top_k(index, k, kind), strict=True):
             self.headings[role].value = (
                 f"<b>{len(chosen)} most {role} training points</b> for test point #{index} "
-                f"(by {name})"
+                f"(by {name})" if len(chosen) else
+                f"<b>No {role} training point</b> for test point #{index}: every {name} score is "
+                f"{'&le;' if role == 'helpful' else '&ge;'} 0"
             )
             for slot, (card, caption, view) in enumerate(self.cards[role]):
                 if slot >= len(chosen):

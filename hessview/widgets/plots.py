@@ -19,7 +19,19 @@ EXTRAPOLATION = "#ff7f0e"
 HELPFUL = "#1f77b4"
 HARMFUL = "#d62728"
 NEUTRAL = "#bdbdbd"
-_MARGIN = {"top": 40, "bottom": 45, "left": 60, "right": 15}
+_MARGIN = {"top": 40, "bottom": 45, "left": 75, "right": 15}
+
+
+def axis_scale(values: np.ndarray) -> bq.Scale:
+    """A log scale for positive values spanning more than two decades (e.g. V1/J), else linear.
+
+    >>> type(axis_scale(np.array([0.01, 39.0]))).__name__, type(axis_scale(np.array([0.0, 40.0]))).__name__
+    ('LogScale', 'LinearScale')
+    """
+    positive = np.all(values > 0)
+    if positive and values.max() / values.min() > 100:
+        return bq.LogScale()
+    return bq.LinearScale()
 
 
 def _figure(marks, axes, title: str, height: str) -> bq.Figure:
@@ -51,7 +63,7 @@ class MainView:
         self.on_select = on_select
         value, lower, upper = results.main_value()
         x = results.x
-        self.x_scale = bq.LinearScale()
+        self.x_scale = axis_scale(x)
         if results.is_classification:
             self.y_scale = bq.LinearScale(min=0.0, max=1.0)
             y_range = np.array([0.0, 1.0])
@@ -124,7 +136,7 @@ class InfluenceView:
 
     def __init__(self, results: ExplorerResults, *, train_x_label: str):
         self.results = results
-        self.x_scale, self.y_scale = bq.LinearScale(), bq.LinearScale()
+        self.x_scale, self.y_scale = axis_scale(results.train_x), bq.LinearScale()
         xy = {"x": self.x_scale, "y": self.y_scale}
         sign_scale = bq.ColorScale(colors=[HARMFUL, NEUTRAL, HELPFUL], min=-1, max=1)
         self.points = bq.Scatter(
@@ -147,7 +159,7 @@ class InfluenceView:
             colors=["#666666"], stroke_width=1,
         )
         self.y_axis = bq.Axis(scale=self.y_scale, label="influence", side="left",
-                              tick_format=".2g")
+                              tick_format=".1e", label_offset="55px")
         axes = [bq.Axis(scale=self.x_scale, label=train_x_label), self.y_axis]
         self.figure = _figure([self.zero, self.points, self.top], axes, "", "300px")
         self.widget = widgets.VBox([self.figure, bq.Toolbar(figure=self.figure)])

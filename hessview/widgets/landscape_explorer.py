@@ -1,0 +1,299 @@
+"""``LandscapeExplorer``: a disconnectivity graph whose minima, when clicked, explain themselves.
+
+One :class:`LandscapeState` holds the selection and display choices; the views observe it and never talk
+to each other (bqplot's pattern). Selecting a minimum shows the feature relevance of its monotonic
+sequence basin (bars, or a lattice heat map for physics inputs), the basin's conserved-weight matrix
+and the basin's statistics. Everything drawn is computed from the landscape when the widget is built or
+on first selection of a basin (then cached), never re-sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import bqplot as bq
+import ipywidgets as widgets
+import numpy as np
+from traitlets import Enum, HasTraits, Int, TraitError, Unicode, validate
+
+from hessview.landscape import ConservedWeights, Landscape
+
+BASIN_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                 "#7f7f7f", "#bcbd22", "#17becf"]
+_MARGIN = {"top": 40, "bottom": 50, "left": 65, "right": 15}
+
+
+class LandscapeState(HasTraits):
+    """The explorer's shared state: selected minimum id, colouring, relevance display, status line.
+
+    >>> state = LandscapeState(minimum_ids=[3, 5])
+    >>> state.selected = 5
+    >>> state.selected = 4
+    Traceback (most recent call last):
+    ...
+    traitlets.traitlets.TraitError: 4 is not the id of a minimum in the graph
+    """
+
+    selected = Int(-1, help="id of the selected minimum (-1: none yet)")
+    colour_by = Enum(("basin", "accuracy"), default_value="basin", help="colouring of the minima")
+    relevance_view = Enum(("bars", "lattice"), default_value="bars", help="how relevance is drawn")
+    status = Unicode("", help="one-line status message")
+
+    def __init__(self, minimum_ids: Sequence[int], **kwargs):
+        self._ids = {int(m) for m in minimum_ids}
+        super().__init__(**kwargs)
+
+    @validate("selected")
+    def _check_selected(self, proposal):
+        value = proposal["value"]
+        if value != -1 and value not in self._ids:
+            raise TraitError(f"{value} is not the id of a minimum in the graph")
+        return value
+
+
+def _figure(marks, axes, title: str, height: str, **kwargs) -> bq.Figure:
+    return bq.Figure(marks=marks, axes=axes, title=title, fig_margin=dict(_MARGIN),
+                     layout=widgets.Layout(width="100%", height=height, min_width="300px"), **kwargs)
+
+
+class LandscapeExplorer(widgets.VBox):
+    """Interactive disconnectivity graph of a :class:`~hessview.landscape.Landscape`.
+
+    Args:
+        landscape: an explored (and preferably connected) landscape.
+        X_test, y_test: optional held-out data; enables colouring minima by test accuracy.
+        feature_names: names of the input features (default ``x0, x1, ...``).
+        lattice_shape: shape to fold the features into for a lattice heat map (physics inputs),
+            e.g. ``(1, 12)`` for a 12-site chain.
+        levels: number of energy levels of the disconnectivity graph.
+        temperature: temperature of the harmonic-superposition occupation probabilities shown.
+        title: heading text.
+    """
+
+    def __init__(self, landscape: Landscape, *, X_test=None, y_test=None, feature_names=None,
+                 lattice_shape: tuple[int, ...] | None = None, levels: int = 20,
+                 temperature: float = 0.01, title: str | None = None):
+        if not isinstance(landscape, Landscape):
+            raise TypeError(f"landscape must be a hessview Landscape, got {type(landscape).__name__}")
+        minima = landscape.minima
+        if not minima:
+            raise ValueError("the landscape holds no minima: call landscape.explore() first")
+        n_inputs = landscape.network.n_inputs
+        if feature_names is None:
+            feature_names = [f"x{i}" for i in range(n_inputs)]
+        feature_names = [str(name) for name in feature_names]
+        if len(feature_names) != n_inputs:
+            raise ValueError(f"feature_names has {len(feature_names)} names but the network has "
+                             f"{n_inputs} inputs")
+        if lattice_shape is not None and int(np.prod(lattice_shape)) != n_inputs:
+            raise ValueError(f"lattice_shape {tuple(lattice_shape)} does not hold {n_inputs} features")
+        if (X_test is None) != (y_test is None):
+            raise ValueError("give both X_test and y_test, or neither")
+
+        self.landscape = landscape
+        self.feature_names = feature_names
+        self.lattice_shape = tuple(lattice_shape) if lattice_shape is not None else None
+        self.graph = landscape.disconnectivity_graph(levels)
+        self.minimum_ids = self.graph.minimum_ids
+        self.records = {m.id: m for m in minima}
+        self.basins = landscape.basins()
+        self.occupation = landscape.occupation_probabilities(temperature)
+        self.temperature = float(temperature)
+        self.accuracy = None
+        if X_test is not None:
+            self.accuracy = {m.id: landscape.accuracy(X_test, y_test, m) for m in minima}
+        self._cache: dict[int, tuple[ConservedWeights, np.ndarray]] = {}
+        self.state = LandscapeState(self.minimum_ids.tolist())
+
+        self._build_graph()
+        self._build_relevance()
+        self._build_conserved()
+        self.stats = widgets.HTML()
+        self.stats.add_class("hv-basin-stats")
+        self.status = widgets.HTML()
+        self.status.add_class("hv-landscape-status")
+        controls = self._build_controls()
+
+        right = widgets.VBox([self.relevance_box, self.conserved_figure, self.stats],
+                             layout=widgets.Layout(width="45%"))
+        left = widgets.VBox([self.graph_figure], layout=widgets.Layout(width="55%"))
+        heading = widgets.HTML(f"<h3 style='margin:4px 0'>{title or 'Energy landscape'}</h3>")
+        super().__init__([heading, controls, self.status, widgets.HBox([left, right])])
+        self.add_class("hv-landscape-explorer")
+
+        self.state.observe(self._selected_changed, "selected")
+        self.state.observe(self._colour_changed, "colour_by")
+        self.state.observe(self._relevance_view_changed, "relevance_view")
+        self.state.observe(self._status_changed, "status")
+        self.state.selected = int(landscape.global_minimum.id)
+
+    # ----------------------------------------------------------------------------- building
+    def _build_graph(self) -> None:
+        g = self.graph
+        self.x_scale, self.y_scale = bq.LinearScale(), bq.LinearScale()
+        xy = {"x": self.x_scale, "y": self.y_scale}
+        self.branches = bq.Lines(x=g.segments[:, :, 0], y=g.segments[:, :, 1], scales=xy,
+                                 colors=["#555555"], stroke_width=1.2)
+        self.colour_scale = bq.OrdinalColorScale(colors=BASIN_COLOURS)
+        self.points = bq.Scatter(
+            x=g.minimum_x, y=g.minimum_energy, color=self._basin_colours(),
+            scales=dict(xy, color=self.colour_scale), default_size=60, stroke="white",
+            interactions={"click": "select", "hover": "tooltip"},
+            selected_style={"stroke": "black", "stroke-width": "3"},
+            tooltip=bq.Tooltip(fields=["index", "y"], formats=["", ".5g"],
+                               labels=["position", "loss"]),
+        )
+        axes = [bq.Axis(scale=self.x_scale, label="minima", num_ticks=0),
+                bq.Axis(scale=self.y_scale, label="regularised loss", side="left",
+                        tick_format=".3g")]
+        self.graph_figure = _figure([self.branches, self.points], axes,
+                                    "Disconnectivity graph: click a minimum", "480px")
+        self.graph_figure.add_class("hv-landscape-graph")
+        self.points.observe(self._points_selected, "selected")
+
+    def _build_relevance(self) -> None:
+        self.bar_x, self.bar_y = bq.OrdinalScale(), bq.LinearScale(min=0.0)
+        self.bars = bq.Bars(x=self.feature_names, y=np.zeros(len(self.feature_names)),
+                            scales={"x": self.bar_x, "y": self.bar_y}, colors=["#1f77b4"])
+        self.relevance_figure = _figure(
+            [self.bars], [bq.Axis(scale=self.bar_x, label="input feature"),
+                          bq.Axis(scale=self.bar_y, label="relevance", side="left")],
+            "Feature relevance of the basin", "260px")
+        self.relevance_figure.add_class("hv-relevance")
+        children = [self.relevance_figure]
+        if self.lattice_shape is not None:
+            rows, cols = (1, self.lattice_shape[0]) if len(self.lattice_shape) == 1 else \
+                self.lattice_shape[:2]
+            self.lattice = bq.GridHeatMap(
+                color=np.zeros((rows, cols)),
+                scales={"row": bq.OrdinalScale(), "column": bq.OrdinalScale(),
+                        "color": bq.ColorScale(scheme="Blues", min=0.0)})
+            self.lattice_figure = _figure([self.lattice], [], "Relevance on the lattice", "200px")
+            self.lattice_figure.add_class("hv-relevance-lattice")
+            self.lattice_figure.layout.display = "none"
+            children.append(self.lattice_figure)
+        self.relevance_box = widgets.VBox(children)
+
+    def _build_conserved(self) -> None:
+        h, d = self.landscape.network.hidden, self.landscape.network.n_inputs
+        self.conserved_map = bq.GridHeatMap(
+            color=np.zeros((h, d)),
+            scales={"row": bq.OrdinalScale(), "column": bq.OrdinalScale(),
+                    "color": bq.ColorScale(scheme="Greens", min=0.0, max=1.0)})
+        self.conserved_figure = _figure(
+            [self.conserved_map], [],
+            "Conservation |mean| / (|mean| + spread) of input weights (rows: hidden units)", "220px")
+        self.conserved_figure.add_class("hv-conserved-weights")
+
+    def _build_controls(self) -> widgets.HBox:
+        options = [("basin", "basin")] + ([("test accuracy", "accuracy")] if self.accuracy else [])
+        self.colour_toggle = widgets.ToggleButtons(options=options, value="basin",
+                                                   description="colour by")
+        self.colour_toggle.observe(
+            lambda change: setattr(self.state, "colour_by", change["new"]), "value")
+        items = [self.colour_toggle]
+        if self.lattice_shape is not None:
+            self.view_toggle = widgets.ToggleButtons(
+                options=[("bars", "bars"), ("lattice", "lattice")], value="bars",
+                description="relevance")
+            self.view_toggle.observe(
+                lambda change: setattr(self.state, "relevance_view", change["new"]), "value")
+            items.append(self.view_toggle)
+        return widgets.HBox(items, layout=widgets.Layout(flex_flow="row wrap"))
+
+    # ----------------------------------------------------------------------------- derived data
+    def _basin_colours(self) -> np.ndarray:
+        bottoms = sorted(set(self.basins.values()), key=lambda b: self.records[b].loss)
+        rank = {b: k for k, b in enumerate(bottoms)}
+        return np.array([rank[self.basins[int(m)]] for m in self.minimum_ids])
+
+    def basin_analysis(self, minimum_id: int) -> tuple[ConservedWeights, np.ndarray]:
+        """Conserved weights and feature relevance of the basin containing ``minimum_id`` (cached)."""
+        bottom = self.basins[int(minimum_id)]
+        if bottom not in self._cache:
+            conserved = self.landscape.conserved_weights(bottom)
+            self._cache[bottom] = (conserved, conserved.feature_relevance())
+        return self._cache[bottom]
+
+    # ----------------------------------------------------------------------------- observers
+    def _points_selected(self, change) -> None:
+        selected = change["new"]
+        if selected is not None and len(selected) > 0:
+            self.state.selected = int(self.minimum_ids[int(selected[-1])])
+
+    def _selected_changed(self, change) -> None:
+        minimum_id = change["new"]
+        if minimum_id == -1:
+            return
+        try:
+            self._show(minimum_id)
+        except Exception as error:  # noqa: BLE001 - shown in the status line, never as a traceback
+            self.state.status = f"could not analyse minimum {minimum_id}: {error}"
+
+    def _show(self, minimum_id: int) -> None:
+        position = int(np.flatnonzero(self.minimum_ids == minimum_id)[0])
+        if self.points.selected is None or list(self.points.selected) != [position]:
+            self.points.selected = [position]
+        conserved, relevance = self.basin_analysis(minimum_id)
+        with self.bars.hold_sync():
+            self.bars.y = relevance
+        if self.lattice_shape is not None:
+            self.lattice.color = relevance.reshape(self.lattice.color.shape)
+        self.conserved_map.color = conserved.conservation
+        self.stats.value = self._stats_html(minimum_id, conserved)
+        top = self.feature_names[int(np.argmax(relevance))]
+        self.state.status = (f"minimum {minimum_id} selected: basin of {len(conserved.minimum_ids)} "
+                             f"minima, most relevant feature {top}")
+
+    def _stats_html(self, minimum_id: int, conserved: ConservedWeights) -> str:
+        record = self.records[minimum_id]
+        members = conserved.minimum_ids
+        rows = [
+            ("minimum", f"{minimum_id}"),
+            ("loss", f"{record.loss:.6g}"),
+            ("lowest Hessian eigenvalue", f"{record.eigenvalues[0]:.3g}"),
+            ("times found", f"{record.hits}"),
+            ("basin bottom", f"{self.basins[minimum_id]}"),
+            ("minima in basin", f"{len(members)}"),
+            ("basin loss range",
+             f"{min(self.records[m].loss for m in members):.6g} – "
+             f"{max(self.records[m].loss for m in members):.6g}"),
+            (f"basin occupation at T={self.temperature:g}",
+             f"{sum(self.occupation[m] for m in members):.3g}"),
+        ]
+        if self.accuracy is not None:
+            rows.append(("test accuracy", f"{self.accuracy[minimum_id]:.3f}"))
+            rows.append(("basin mean test accuracy",
+                         f"{np.mean([self.accuracy[m] for m in members]):.3f}"))
+        body = "".join(f"<tr><td>{k}</td><td style='text-align:right'><b>{v}</b></td></tr>"
+                       for k, v in rows)
+        return f"<table class='hv-stats-table'>{body}</table>"
+
+    def _colour_changed(self, change) -> None:
+        if change["new"] == "accuracy" and self.accuracy is None:
+            self.state.status = "no test data given: pass X_test and y_test to colour by accuracy"
+            self.state.colour_by = "basin"
+            return
+        with self.points.hold_sync():
+            if change["new"] == "accuracy":
+                self.points.scales = dict(self.points.scales, color=bq.ColorScale(
+                    scheme="RdYlGn", min=0.0, max=1.0))
+                self.points.color = np.array([self.accuracy[int(m)] for m in self.minimum_ids])
+            else:
+                self.points.scales = dict(self.points.scales, color=self.colour_scale)
+                self.points.color = self._basin_colours()
+        if self.colour_toggle.value != change["new"]:
+            self.colour_toggle.value = change["new"]
+
+    def _relevance_view_changed(self, change) -> None:
+        lattice = change["new"] == "lattice"
+        if self.lattice_shape is None:
+            if lattice:
+                self.state.status = "no lattice_shape given: relevance is shown as bars"
+                self.state.relevance_view = "bars"
+            return
+        self.relevance_figure.layout.display = "none" if lattice else None
+        self.lattice_figure.layout.display = None if lattice else "none"
+
+    def _status_changed(self, change) -> None:
+        self.status.value = f"<span>{change['new']}</span>"

@@ -1,0 +1,103 @@
+"""LandscapeExplorer, headless: selecting a minimum shows that minimum's basin numbers."""
+
+import numpy as np
+import pytest
+import torch
+
+from hessview.landscape import Landscape
+from hessview.widgets.landscape_explorer import LandscapeExplorer
+
+
+@pytest.fixture(scope="module")
+def landscape():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    land = Landscape(X, y, hidden=4, weight_decay=1e-2, seed=0).explore(15, progress=False)
+    land.connect(progress=False)
+    return land
+
+
+@pytest.fixture(scope="module")
+def test_data():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 4))
+    return X, (X[:, 0] * X[:, 1] > 0).astype(int)
+
+
+def independent_accuracy(land, coords, X, y):
+    w1, b1, w2, b2 = land.network.unpack(torch.tensor(coords))
+    logits = torch.tanh(torch.tensor(X) @ w1.T + b1) @ w2.T + b2
+    return float((logits.argmax(1).numpy() == y).mean())
+
+
+def test_selecting_a_minimum_updates_every_panel(landscape, test_data):
+    explorer = LandscapeExplorer(landscape, X_test=test_data[0], y_test=test_data[1],
+                                 feature_names=["a", "b", "c", "d"], lattice_shape=(2, 2))
+    assert len(landscape.minima) >= 2
+    basins = landscape.basins()
+    ids = explorer.minimum_ids.tolist()
+    for position in (len(ids) - 1, 0):
+        minimum = ids[position]
+        explorer.points.selected = [position]
+        assert explorer.state.selected == minimum
+        bottom = basins[minimum]
+        members = sorted(m for m, b in basins.items() if b == bottom)
+        np.testing.assert_allclose(explorer.bars.y, landscape.feature_relevance(bottom))
+        np.testing.assert_allclose(explorer.lattice.color,
+                                   landscape.feature_relevance(bottom).reshape(2, 2))
+        conserved = landscape.conserved_weights(members)
+        np.testing.assert_allclose(explorer.conserved_map.color, conserved.conservation)
+        record = landscape.db.minimum(minimum)
+        assert f"{record.loss:.6g}" in explorer.stats.value
+        accuracy = independent_accuracy(landscape, record.coords, *test_data)
+        assert f"{accuracy:.3f}" in explorer.stats.value
+        assert f"minimum {minimum} selected" in explorer.status.value
+    explorer.view_toggle.value = "lattice"
+    assert explorer.lattice_figure.layout.display is None
+    assert explorer.relevance_figure.layout.display == "none"
+
+
+def test_colouring_by_basin_and_by_accuracy(landscape, test_data):
+    explorer = LandscapeExplorer(landscape, X_test=test_data[0], y_test=test_data[1])
+    basins = landscape.basins()
+    colours = explorer.points.color
+    for a, ma in zip(colours, explorer.minimum_ids, strict=True):
+        for b, mb in zip(colours, explorer.minimum_ids, strict=True):
+            assert (a == b) == (basins[int(ma)] == basins[int(mb)])
+    explorer.colour_toggle.value = "accuracy"
+    expected = [independent_accuracy(landscape, landscape.db.minimum(int(m)).coords, *test_data)
+                for m in explorer.minimum_ids]
+    np.testing.assert_allclose(explorer.points.color, expected)
+
+
+def test_graph_draws_the_disconnectivity_segments(landscape):
+    explorer = LandscapeExplorer(landscape)
+    graph = landscape.disconnectivity_graph(20)
+    np.testing.assert_allclose(explorer.branches.x, graph.segments[:, :, 0])
+    np.testing.assert_allclose(explorer.branches.y, graph.segments[:, :, 1])
+    assert "hv-landscape-graph" in explorer.graph_figure._dom_classes
+    assert "hv-relevance" in explorer.relevance_figure._dom_classes
+    assert explorer.state.selected == landscape.global_minimum.id
+
+
+def test_unavailable_views_report_in_the_status_line(landscape):
+    explorer = LandscapeExplorer(landscape)
+    explorer.state.colour_by = "accuracy"
+    assert explorer.state.colour_by == "basin" and "X_test" in explorer.status.value
+    explorer.state.relevance_view = "lattice"
+    assert explorer.state.relevance_view == "bars" and "lattice_shape" in explorer.status.value
+
+
+def test_bad_arguments_are_refused(landscape, test_data):
+    with pytest.raises(TypeError, match="Landscape"):
+        LandscapeExplorer(object())
+    with pytest.raises(ValueError, match="feature_names"):
+        LandscapeExplorer(landscape, feature_names=["a"])
+    with pytest.raises(ValueError, match="lattice_shape"):
+        LandscapeExplorer(landscape, lattice_shape=(3, 3))
+    with pytest.raises(ValueError, match="both"):
+        LandscapeExplorer(landscape, X_test=test_data[0])
+    X, y = test_data
+    with pytest.raises(ValueError, match="explore"):
+        LandscapeExplorer(Landscape(X, y, hidden=2))

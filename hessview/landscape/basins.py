@@ -15,8 +15,8 @@ def monotonic_sequence_basins(
 ) -> dict[int, int]:
     """Map each minimum id to the bottom of its monotonic sequence basin.
 
-    >>> monotonic_sequence_basins({1: 0.0, 2: 1.0, 3: 0.5}, [(2.0, 1, 2), (1.5, 2, 3)])
-    {1: 1, 2: 3, 3: 3}
+    >>> monotonic_sequence_basins({1: 0.0, 2: 1.0, 3: 0.5, 4: 0.7}, [(2.0, 1, 3), (1.5, 2, 3)])
+    {1: 1, 2: 1, 3: 1, 4: 4}
     """
     energy = dict(minimum_energies)
     lower_step: dict[int, int] = {}

@@ -75,7 +75,7 @@ class Landscape:
         >>> rng = np.random.default_rng(0)
         >>> X = rng.normal(size=(30, 2)); y = (X[:, 0] > 0).astype(int)
         >>> land = Landscape(X, y, hidden=2, weight_decay=1e-2).explore(n_steps=3, progress=False)
-        >>> len(land.minima) >= 1, land.minima[0].eigenvalues.min() > 0
+        >>> len(land.minima) >= 1, bool(land.minima[0].eigenvalues.min() > 0)
         (True, True)
     """
 

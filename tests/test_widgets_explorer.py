@@ -24,8 +24,15 @@ from hessview import HessianToolbox
 from hessview.widgets import Explorer, ExplorerResults, LatticeRenderer, LineRenderer, Renderer
 
 N_RESAMPLES = 40
-REQUIRED_CLASSES = {"hv-main", "hv-influence", "hv-gallery", "hv-uncertainty", "hv-extrapolation",
-                    "hv-status", "hv-detail"}
+REQUIRED_CLASSES = {
+    "hv-main",
+    "hv-influence",
+    "hv-gallery",
+    "hv-uncertainty",
+    "hv-extrapolation",
+    "hv-status",
+    "hv-detail",
+}
 
 
 def fit_toolbox(model, X, y, loss="cross_entropy"):
@@ -45,7 +52,7 @@ def problem():
     tb = fit_toolbox(nn.Sequential(nn.Linear(2, 4), nn.Tanh(), nn.Linear(4, 2)), X, y)
     order = torch.randperm(12)  # test points not sorted along x: prev/next must sort them
     test_x = torch.linspace(-3, 3, 12, dtype=torch.float64)[order]
-    X_test = torch.stack([test_x, torch.tensor([0, 0, 4, 0, 0, -4, 0, 0, 4, 0, 0, 0.])[order]], 1)
+    X_test = torch.stack([test_x, torch.tensor([0, 0, 4, 0, 0, -4, 0, 0, 4, 0, 0, 0.0])[order]], 1)
     y_test = (test_x > 0).long()
     truth = {
         "prediction": tb.predict(X_test),
@@ -54,13 +61,27 @@ def problem():
         "uncertainty": tb.uncertainty(X_test, y_test, n_resamples=N_RESAMPLES, seed=0),
         "extrapolation": tb.extrapolation(X_test),
     }
-    return dict(tb=tb, X=X, y=y, train_x=train_x.numpy(), X_test=X_test, y_test=y_test,
-                test_x=test_x.numpy(), truth=truth)
+    return dict(
+        tb=tb,
+        X=X,
+        y=y,
+        train_x=train_x.numpy(),
+        X_test=X_test,
+        y_test=y_test,
+        test_x=test_x.numpy(),
+        truth=truth,
+    )
 
 
 def make_explorer(p, **kwargs):
-    options = dict(x=p["test_x"], x_label="V1/J", train_x=p["train_x"], n_resamples=N_RESAMPLES,
-                   class_names=["LL", "CDW"], k=3)
+    options = dict(
+        x=p["test_x"],
+        x_label="V1/J",
+        train_x=p["train_x"],
+        n_resamples=N_RESAMPLES,
+        class_names=["LL", "CDW"],
+        k=3,
+    )
     options.update(kwargs)
     return Explorer(p["tb"], p["X_test"], p["y_test"], **options)
 
@@ -85,8 +106,11 @@ def attrs(html, name):
 def shown_gallery(ex):
     out = {}
     for role in ("helpful", "harmful"):
-        out[role] = [(int(attrs(caption.value, "train-index")[0]), float(attrs(caption.value, "score")[0]))
-                     for card, caption, _ in ex.gallery.cards[role] if card.layout.display != "none"]
+        out[role] = [
+            (int(attrs(caption.value, "train-index")[0]), float(attrs(caption.value, "score")[0]))
+            for card, caption, _ in ex.gallery.cards[role]
+            if card.layout.display != "none"
+        ]
     return out
 
 
@@ -161,8 +185,10 @@ def test_click_by_selection_updates_every_panel(explorer, problem):
 
 def test_click_by_element_click_message(explorer, problem):
     flagged = int(np.flatnonzero(problem["truth"]["extrapolation"].flag)[0])
-    message = {"event": "element_click",
-               "data": {"x": float(problem["test_x"][flagged]), "y": 0.5, "index": flagged}}
+    message = {
+        "event": "element_click",
+        "data": {"x": float(problem["test_x"][flagged]), "y": 0.5, "index": flagged},
+    }
     explorer.main.points._handle_custom_msgs(None, message)
     assert_panels_show(explorer, problem, flagged)
     assert "EXTRAPOLATION" in explorer.detail.badge.value
@@ -240,8 +266,11 @@ def test_css_classes_present(explorer):
         w = stack.pop()
         found.update(getattr(w, "_dom_classes", ()))
         stack.extend(c for c in getattr(w, "children", ()) if c is not None)
-        stack.extend(getattr(w, n) for n in ("header", "center", "right_sidebar", "footer")
-                     if isinstance(getattr(w, n, None), widgets.Widget))
+        stack.extend(
+            getattr(w, n)
+            for n in ("header", "center", "right_sidebar", "footer")
+            if isinstance(getattr(w, n, None), widgets.Widget)
+        )
     assert REQUIRED_CLASSES <= found
 
 
@@ -274,7 +303,9 @@ def test_spectrum_view(explorer, problem):
     shown = np.concatenate([explorer.spectrum.positive.y, explorer.spectrum.negative.y])
     np.testing.assert_allclose(np.sort(shown), np.sort(np.log10(np.abs(eig))), rtol=1e-12)
     assert len(explorer.spectrum.negative.y) == int((eig < 0).sum())
-    assert f"damping {problem['tb'].damping_:.3g}" in explorer.spectrum.figure.title
+    note = explorer.spectrum.note.value
+    assert f"damping {problem['tb'].damping_:.3g}" in note
+    assert f"{eig.size} eigenvalues, {int((eig < 0).sum())} negative" in note
 
 
 def test_lattice_and_user_renderers(problem):
@@ -297,8 +328,11 @@ def test_lattice_and_user_renderers(problem):
         return widgets.HTML(f"sum={example.sum():.0f}")
 
     ex = Explorer(tb, spins[:4], y[:4], k=2, n_resamples=N_RESAMPLES, render=draw)
-    shown = [int(attrs(c.value, "train-index")[0]) for card, c, _ in ex.gallery.cards["helpful"]
-             + ex.gallery.cards["harmful"] if card.layout.display != "none"]
+    shown = [
+        int(attrs(c.value, "train-index")[0])
+        for card, c, _ in ex.gallery.cards["helpful"] + ex.gallery.cards["harmful"]
+        if card.layout.display != "none"
+    ]
     assert len(seen) == len(shown) > 0
     for example, j in zip(seen, shown, strict=True):
         np.testing.assert_array_equal(example, spins[j].numpy())

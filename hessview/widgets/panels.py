@@ -71,19 +71,20 @@ class GalleryView:
         scores = self.results.scores(kind)[index]
         first_error = None
         for role, chosen in zip(("helpful", "harmful"), self.results.top_k(index, k, kind), strict=True):
-            self.headings[role].value = (
+            heading = (
                 f"<b>{len(chosen)} most {role} training points</b> for test point #{index} "
                 f"(by {name})" if len(chosen) else
                 f"<b>No {role} training point</b> for test point #{index}: every {name} score is "
                 f"{'&le;' if role == 'helpful' else '&ge;'} 0"
             )
+            self.headings[role].value = f'<span data-test-index="{index}">{heading}</span>'
             for slot, (card, caption, view) in enumerate(self.cards[role]):
                 if slot >= len(chosen):
                     card.layout.display = "none"
                     continue
                 train = int(chosen[slot])
                 card.layout.display = None
-                caption.value = self._caption(train, scores[train], role, name)
+                caption.value = self._caption(index, train, scores[train], role, name)
                 try:
                     self.renderer.update(view, self._example(train))
                 except Exception as error:  # shown in the status line by the explorer
@@ -91,11 +92,11 @@ class GalleryView:
         if first_error is not None:
             raise first_error
 
-    def _caption(self, train: int, score: float, role: str, name: str) -> str:
+    def _caption(self, test: int, train: int, score: float, role: str, name: str) -> str:
         label = None if self.results.y_train is None else self.results.y_train[train]
         return (
-            f'<div class="hv-card-caption" data-train-index="{train}" data-score="{float(score)!r}" '
-            f'data-role="{role}" style="font-size:12px;line-height:1.3">'
+            f'<div class="hv-card-caption" data-test-index="{test}" data-train-index="{train}" '
+            f'data-score="{float(score)!r}" data-role="{role}" style="font-size:12px;line-height:1.3">'
             f"<b>#{train}</b> &middot; {html.escape(label_text(label, self.class_names))}<br>"
             f"{html.escape(self.train_x_label)} = {self.results.train_x[train]:.4g}<br>"
             f"{name} {score:+.3g}</div>"
@@ -166,7 +167,7 @@ class DetailView:
             for c, name in enumerate(self.row_names)
         )
         self.interval_table.value = (
-            '<table class="hv-interval-table" style="font-size:12px">'
+            f'<table class="hv-interval-table" data-test-index="{index}" style="font-size:12px">'
             f"<tr><th></th><th>mean &plusmn; std</th><th>{r.level:.0%} interval</th></tr>"
             f"{cells}</table>"
         )
@@ -200,7 +201,8 @@ class DetailView:
             colour = IN_DISTRIBUTION
         comparison = "&gt;" if score > threshold else "&le;"
         return (
-            f'<div class="hv-badge" data-flag="{str(flagged).lower()}" data-score="{float(score)!r}" '
+            f'<div class="hv-badge" data-test-index="{index}" data-flag="{str(flagged).lower()}" '
+            f'data-score="{float(score)!r}" '
             f'data-threshold="{float(threshold)!r}" style="border-left:6px solid {colour};'
             f'padding:4px 8px;background:#f7f7f7"><b style="color:{colour}">'
             f'{"EXTRAPOLATION" if flagged else "IN DISTRIBUTION"}</b><br>{words}<br>'

@@ -215,14 +215,11 @@ class SpectrumView:
             bq.Axis(scale=xy["x"], label="eigenvalue rank (ascending)"),
             bq.Axis(scale=xy["y"], label="log10 |lambda|", side="left"),
         ]
-        title = (
-            f"Hessian spectrum: {eigenvalues.size} eigenvalues, {int(negative.sum())} negative, "
-            f"damping {results.damping:.3g}"
+        self.figure = _figure(marks, axes, "Hessian spectrum", "260px")
+        self.note = widgets.HTML(
+            f"{eigenvalues.size} eigenvalues, {int(negative.sum())} negative "
+            f'(<span style="color:{HARMFUL}">&#10005;</span>); dashed line: damping '
+            f"{results.damping:.3g} added before inverting"
         )
-        self.figure = _figure(marks, axes, title, "260px")
-        note = widgets.HTML(
-            f'<span style="color:{HARMFUL}">&#10005;</span> negative eigenvalue &nbsp; '
-            "dashed line: damping added before inverting"
-        )
-        self.widget = widgets.VBox([self.figure, note])
+        self.widget = widgets.VBox([self.figure, self.note])
         self.widget.add_class("hv-spectrum")

@@ -47,8 +47,9 @@ def check_dense_memory(n_params: int, dtype: torch.dtype, n_matrices: int = 3) -
         raise CurvatureTooLargeError(
             f"the exact Hessian of {n_params} parameters needs about {need / 1e9:.1f} GB "
             f"({n_matrices} dense {n_params}x{n_params} matrices in {dtype}), but only "
-            f"{free / 1e9:.1f} GB of memory is free. Use a smaller model, float32, or fewer trainable "
-            "parameters (set requires_grad=False on layers you do not analyse)."
+            f"{free / 1e9:.1f} GB of memory is free. Use method='lowrank' (top eigenpairs by Lanczos, never "
+            "forming the matrix) or method='auto', a smaller model, float32, or fewer trainable parameters "
+            "(set requires_grad=False on layers you do not analyse)."
         )
     return need
 

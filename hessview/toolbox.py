@@ -4,6 +4,12 @@ The objective is :math:`R(\\theta) = \\frac{1}{n}\\sum_j L(x_j, y_j; \\theta) + 
 \\rVert^2` with the model in eval mode. ``fit`` computes its exact Hessian, the eigendecomposition shared by
 every method, and the per-sample training gradients; queries reuse them (Dawid et al., Mach. Learn.: Sci.
 Technol. 3, 015002 (2022)).
+
+Beyond the exact Hessian: ``curvature="ggn"`` uses the positive semi-definite Gauss-Newton matrix
+(:mod:`hessview.ggn`); ``method="lowrank"`` keeps only the top eigenpairs, found by Lanczos from
+matrix-free curvature-vector products, with the low-rank-plus-damping inverse of :mod:`hessview.lowrank`;
+``method="auto"`` chooses between the two by memory. ``client=`` runs the data-parallel work on Dask
+(:mod:`hessview.distributed`).
 """
 
 from __future__ import annotations
@@ -20,19 +26,31 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.func import jacrev, vmap
-from tqdm.auto import tqdm
 
 from hessview import _validation as check
 from hessview._io import atomic_path
+from hessview.blocks import write_row_blocks
+from hessview.cg import conjugate_gradient
+from hessview.distributed import CURVATURES, DaskBackend, LocalBackend, check_client, make_shards, n_workers
 from hessview.extrapolation import Extrapolation, projected_norms
-from hessview.hessian import check_dense_memory, default_chunks, flat_hessian, per_sample_gradients
+from hessview.hessian import (
+    CurvatureTooLargeError,
+    available_memory,
+    check_dense_memory,
+    default_chunks,
+    per_sample_gradients,
+)
 from hessview.losses import LOSSES, per_sample_loss
+from hessview.lowrank import LowRankInverse, top_eigenpairs
 from hessview.params import FlatModel
 from hessview.spectrum import choose_damping, damped_inverse, default_rank, top_directions
 from hessview.uncertainty import Uncertainty, bootstrap_weights, resampled_shifts, summarise
 
 FORMAT = "hessview.toolbox/1"
 STATIONARY_RATIO = 1e-3
+METHODS = ("exact", "lowrank", "auto")
+SOLVERS = ("eig", "cg")
+DEFAULT_RANK = 20
 
 
 class NotStationaryWarning(UserWarning):
@@ -50,7 +68,20 @@ class HessianToolbox:
         weight_decay: ``w`` in the objective's ``w/2 ||theta||^2``.
         damping: ``"auto"`` (see :func:`hessview.spectrum.choose_damping`) or a float ``delta >= 0``.
         dtype: floating dtype of every curvature computation (float64 by default).
-        progress: show progress bars during ``fit``.
+        progress: show progress bars during ``fit`` and long queries.
+        method: ``"exact"`` forms the ``P x P`` curvature and its full eigendecomposition; ``"lowrank"``
+            finds only the top-``rank`` eigenpairs by :math:`|\\lambda|` (Lanczos on matrix-free
+            curvature-vector products, see :mod:`hessview.lowrank`): then ``eigenvalues``/``eigenvectors``
+            hold those pairs only, ``lambda_min_``/``lambda_max_``/``n_negative_`` describe them, and
+            ``hessian`` raises AttributeError; ``"auto"`` picks exact when three ``P x P`` matrices fit in
+            half the free memory, low-rank otherwise (``method_`` and ``method_reason_`` say which).
+        rank: eigenpairs kept by ``"lowrank"`` (default ``min(20, P - 1)``).
+        curvature: ``"hessian"`` or ``"ggn"``, the generalised Gauss-Newton matrix
+            :math:`\\frac1n\\sum_j J_j^T H^{out}_j J_j + w I` (positive semi-definite data part, see
+            :mod:`hessview.ggn`).
+        client: a ``dask.distributed.Client``: per-sample gradients, curvature blocks and products summed
+            over data shards, and influence blocks then run on its workers. ``None`` runs in process.
+        lanczos_tol: relative accuracy of the Lanczos eigenpairs (ARPACK's ``tol``).
 
     Example:
         >>> torch.manual_seed(0) and None
@@ -75,6 +106,11 @@ class HessianToolbox:
         damping: str | float = "auto",
         dtype: torch.dtype = torch.float64,
         progress: bool = True,
+        method: str = "exact",
+        rank: int | None = None,
+        curvature: str = "hessian",
+        client=None,
+        lanczos_tol: float = 1e-6,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -86,9 +122,27 @@ class HessianToolbox:
             raise ValueError(f"weight_decay must be a finite number >= 0, not {weight_decay!r}")
         if damping != "auto" and (not _is_real(damping) or not math.isfinite(damping) or damping < 0):
             raise ValueError(f"damping must be 'auto' or a finite number >= 0, not {damping!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {CURVATURES}, not {curvature!r}")
+        if not _is_real(lanczos_tol) or not 0 <= lanczos_tol < 1:
+            raise ValueError(f"lanczos_tol must be a number in [0, 1), not {lanczos_tol!r}")
+        check_client(client)
         self.flat = FlatModel(model, dtype)
         if self.flat.n_params == 0:
             raise ValueError("the model has no trainable parameters (none with requires_grad=True)")
+        if rank is not None and (
+            isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < self.flat.n_params
+        ):
+            raise ValueError(
+                f"rank must be an integer in [1, {self.flat.n_params - 1}] (P - 1), not {rank!r}"
+            )
+        self.method = method
+        self.rank = min(DEFAULT_RANK, self.flat.n_params - 1) if rank is None else rank
+        self.curvature = curvature
+        self.client = client
+        self.lanczos_tol = float(lanczos_tol)
         self.loss = loss
         self.weight_decay = float(weight_decay)
         self.damping = damping
@@ -102,6 +156,7 @@ class HessianToolbox:
         self.n_classes = int(outputs.shape[1]) if loss == "cross_entropy" else None
         self._fitted = False
         self._train_scores: dict[tuple[int, str], np.ndarray] = {}
+        self._backend = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -136,29 +191,51 @@ class HessianToolbox:
             raise RuntimeError("call fit() before querying the toolbox")
 
     # ------------------------------------------------------------------ fit
+    @property
+    def hessian(self) -> torch.Tensor:
+        """The exact ``P x P`` curvature (Hessian, or GGN for ``curvature="ggn"``) plus ``weight_decay I``."""
+        if "_hessian" not in self.__dict__:
+            if self._fitted and self.method_ == "lowrank":
+                raise AttributeError(
+                    "method='lowrank' never forms the P x P Hessian: use eigenvalues/eigenvectors (the top "
+                    f"{self.rank} pairs by |lambda|), or method='exact' when it fits in memory"
+                )
+            raise AttributeError("the Hessian is computed by fit(): call fit() first")
+        return self._hessian
+
+    @hessian.setter
+    def hessian(self, value: torch.Tensor) -> None:
+        self._hessian = value
+
+    @property
+    def train_gradients(self) -> torch.Tensor:
+        """Per-sample training gradients ``(n, P)`` (kept by low-rank fits only when they fit in memory)."""
+        if "_train_gradients" not in self.__dict__:
+            raise AttributeError(
+                "the per-sample training gradients were not kept (n x P is over a quarter of the free "
+                "memory); queries recompute them shard by shard"
+                if self._fitted
+                else "the training gradients are computed by fit(): call fit() first"
+            )
+        return self._train_gradients
+
+    @train_gradients.setter
+    def train_gradients(self, value: torch.Tensor) -> None:
+        self._train_gradients = value
+
     def fit(self) -> HessianToolbox:
-        """Compute the Hessian, its eigendecomposition, the damping and the per-sample gradients.
+        """Compute the curvature, its eigendecomposition, the damping and the per-sample gradients.
 
         Warns with :class:`NotStationaryWarning` when the objective's gradient norm exceeds
         ``1e-3`` times the median per-sample gradient norm. Returns ``self``.
         """
-        check_dense_memory(self.n_params, self.dtype)
-        X, y, n, theta = self.X_train, self.y_train, self.n_train, self.theta
-        data_chunk, row_chunk = default_chunks(n, X[0].numel(), self.n_params)
-        hessian = self.weight_decay * torch.eye(self.n_params, dtype=self.dtype, device=theta.device)
-        starts = range(0, n, data_chunk)
-        for start in tqdm(starts, desc="Hessian", disable=not self.progress or len(starts) == 1):
-            Xc, yc = X[start : start + data_chunk], y[start : start + data_chunk]
-
-            def chunk_objective(t, Xc=Xc, yc=yc):
-                return per_sample_loss(self.loss, self.flat(t, Xc), yc).sum() / n
-
-            hessian += flat_hessian(chunk_objective, theta, chunk_size=row_chunk, progress=self.progress)
-        self.hessian = hessian
-        eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
-        # row-major like a loaded cache, so that a saved and reloaded toolbox gives identical numbers
-        self.eigenvalues, self.eigenvectors = eigenvalues, eigenvectors.contiguous()
-        self.train_gradients = per_sample_gradients(self._sample_loss, theta, X, y)
+        self.method_, self.method_reason_ = self._choose_method()
+        self._train_scores = {}
+        self.__dict__.pop("_train_ihvp_norm", None)
+        if self.method_ == "exact":
+            self._fit_exact()
+        else:
+            self._fit_lowrank()
         self._set_derived()
         self._fitted = True
         if not self.is_stationary_:
@@ -173,6 +250,90 @@ class HessianToolbox:
             )
         return self
 
+    def _choose_method(self) -> tuple[str, str]:
+        if self.method == "exact":
+            check_dense_memory(self.n_params, self.dtype)
+            return "exact", "method='exact'"
+        if self.method == "lowrank":
+            return "lowrank", f"method='lowrank' (top {self.rank} eigenpairs by Lanczos)"
+        try:
+            need = check_dense_memory(self.n_params, self.dtype)
+        except CurvatureTooLargeError as err:
+            reason = err.args[0].split(". ")[0]
+            return "lowrank", f"auto: top {self.rank} eigenpairs by Lanczos, since {reason}"
+        return "exact", (
+            f"auto: the exact curvature and its eigendecomposition need {need / 1e9:.2g} GB, within half the "
+            f"{available_memory() / 1e9:.1f} GB free"
+        )
+
+    def _shard_size(self, size: int) -> int:
+        if self.client is not None:
+            size = min(size, math.ceil(self.n_train / n_workers(self.client)))
+        return max(1, size)
+
+    def _get_backend(self):
+        if self._backend is None:
+            X, n = self.X_train, self.n_train
+            if self.method_ == "exact":
+                size = default_chunks(n, X[0].numel(), self.n_params)[0]
+            else:
+                size = default_chunks(n, X[0].numel(), 1)[0]
+            shards = make_shards(self.flat, X, self.y_train, self.loss, self._shard_size(size))
+            self._backend = LocalBackend(shards) if self.client is None else DaskBackend(self.client, shards)
+        return self._backend
+
+    def _fit_exact(self) -> None:
+        X, y, n, theta = self.X_train, self.y_train, self.n_train, self.theta
+        data_chunk, row_chunk = default_chunks(n, X[0].numel(), self.n_params)
+        self._backend = None
+        if self.client is None:
+            shards = make_shards(self.flat, X, y, self.loss, data_chunk)
+            self._backend = LocalBackend(shards)
+        hessian = self.weight_decay * torch.eye(self.n_params, dtype=self.dtype, device=theta.device)
+        parts = self._get_backend().map(
+            "dense_curvature",
+            self.curvature,
+            row_chunk,
+            self.progress,
+            progress=self.progress,
+            desc="Hessian",
+        )
+        for part in parts:
+            hessian += part
+        self.hessian = hessian
+        eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
+        # row-major like a loaded cache, so that a saved and reloaded toolbox gives identical numbers
+        self.eigenvalues, self.eigenvectors = eigenvalues, eigenvectors.contiguous()
+        if self.client is None:
+            self.train_gradients = per_sample_gradients(self._sample_loss, theta, X, y)
+        else:
+            self.train_gradients = torch.cat(self._get_backend().map("gradients"))
+
+    def curvature_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        """Matrix-free ``(C + weight_decay I) M`` for ``M`` ``(P, k)``, ``C`` the data curvature."""
+        parts = self._get_backend().map("curvature_matmat", M.T.contiguous(), self.curvature)
+        return sum(parts).T + self.weight_decay * M
+
+    def _fit_lowrank(self) -> None:
+        self._backend = None
+        self.__dict__.pop("_hessian", None)
+        self.__dict__.pop("_train_gradients", None)
+        self.eigenvalues, self.eigenvectors = top_eigenpairs(
+            lambda v: self.curvature_matmat(v[:, None])[:, 0],
+            self.n_params,
+            self.rank,
+            dtype=self.dtype,
+            tol=self.lanczos_tol,
+            progress=self.progress,
+        )
+        itemsize = torch.empty(0, dtype=self.dtype).element_size()
+        if self.n_train * self.n_params * itemsize <= available_memory() // 4:
+            self.train_gradients = torch.cat(self._get_backend().map("gradients"))
+        else:
+            sums, norms = zip(*self._get_backend().map("gradient_summary"), strict=True)
+            self._gradient_mean = sum(sums) / self.n_train
+            self._sample_gradient_norms = torch.cat(norms)
+
     def _set_derived(self) -> None:
         """Quantities derived from the Hessian, eigenpairs and gradients (also used after ``load``)."""
         lam = self.eigenvalues
@@ -181,36 +342,53 @@ class HessianToolbox:
         self.lambda_max_ = float(lam[-1])
         tol = self.n_params * torch.finfo(self.dtype).eps * scale
         self.n_negative_ = int((lam < -tol).sum())
-        choice = choose_damping(lam, self.damping)
+        if self.method_ == "exact":
+            choice = choose_damping(lam, self.damping)
+        else:  # the complement of the kept pairs counts as one more eigenvalue, weight_decay
+            choice = choose_damping(torch.cat([lam, lam.new_tensor([self.weight_decay])]), self.damping)
         self.damping_, self.damping_reason_ = choice.delta, choice.reason
-        gradient = self.train_gradients.mean(dim=0) + self.weight_decay * self.theta
+        if "_train_gradients" in self.__dict__:
+            self._gradient_mean = self.train_gradients.mean(dim=0)
+            self._sample_gradient_norms = self.train_gradients.norm(dim=1)
+        gradient = self._gradient_mean + self.weight_decay * self.theta
         self.gradient_norm_ = float(gradient.norm())
-        self.median_sample_gradient_norm_ = float(self.train_gradients.norm(dim=1).median())
+        self.median_sample_gradient_norm_ = float(self._sample_gradient_norms.median())
         self._stationarity_ratio = self.gradient_norm_ / max(
             self.median_sample_gradient_norm_, torch.finfo(self.dtype).tiny
         )
         self.is_stationary_ = self._stationarity_ratio <= STATIONARY_RATIO
+        self._train_scores = {}
+        if self.method_ == "lowrank":
+            self._inverse = LowRankInverse(lam, self.eigenvectors, self.damping_, self.weight_decay)
+            return
         self._inverse = damped_inverse(lam, self.eigenvectors, self.damping_)
         self._train_ihvp = self.train_gradients @ self._inverse
         self._train_ihvp_norm = self._train_ihvp.norm(dim=1)
-        self._train_scores = {}
 
     def summary(self) -> str:
         """A readable report of the fit."""
         self._require_fit()
         stationary = "yes" if self.is_stationary_ else "NO (influence and RUE assume a minimum)"
-        return "\n".join(
-            [
-                f"HessianToolbox: {self.n_params} parameters, {self.n_train} training samples, "
-                f"loss={self.loss}, weight_decay={self.weight_decay:g}, dtype={self.dtype}",
-                f"  gradient norm       {self.gradient_norm_:.3e} "
-                f"(median per-sample {self.median_sample_gradient_norm_:.3e}); stationary: {stationary}",
-                f"  lambda_min          {self.lambda_min_:.6g}",
-                f"  lambda_max          {self.lambda_max_:.6g}",
-                f"  negative eigenvalues {self.n_negative_}",
-                f"  damping             {self.damping_:.3g}: {self.damping_reason_}",
-            ]
-        )
+        kept = "" if self.method_ == "exact" else f" (of the top {self.rank} pairs by |lambda|)"
+        lines = [
+            f"HessianToolbox: {self.n_params} parameters, {self.n_train} training samples, "
+            f"loss={self.loss}, weight_decay={self.weight_decay:g}, dtype={self.dtype}",
+            f"  gradient norm       {self.gradient_norm_:.3e} "
+            f"(median per-sample {self.median_sample_gradient_norm_:.3e}); stationary: {stationary}",
+            f"  lambda_min          {self.lambda_min_:.6g}{kept}",
+            f"  lambda_max          {self.lambda_max_:.6g}",
+            f"  negative eigenvalues {self.n_negative_}{kept}",
+            f"  damping             {self.damping_:.3g}: {self.damping_reason_}",
+        ]
+        if self.method != "exact" or self.curvature != "hessian":
+            lines.append(f"  method              {self.method_}: {self.method_reason_}")
+            lines.append(f"  curvature           {self.curvature}")
+        if self.method_ == "lowrank":
+            lines.append(
+                f"  inverse             top-{self.rank} pairs exact, complement curvature weight_decay + "
+                f"damping = {self.weight_decay + self.damping_:.3g}"
+            )
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         state = "fitted" if self._fitted else "not fitted"
@@ -246,16 +424,102 @@ class HessianToolbox:
         X = self._inputs(X_test)
         return per_sample_gradients(self._sample_loss, self.theta, X, self._labels(X, y_test))
 
-    def influence(self, X_test, y_test=None) -> np.ndarray:
+    def _apply_inverse(self, M: torch.Tensor) -> torch.Tensor:
+        """``(C + delta I)^{-1} M`` from the eigenpairs (exact, or low-rank plus complement)."""
+        if self.method_ == "exact":
+            return self._inverse @ M
+        return self._inverse.apply(M)
+
+    def inverse_hvp(
+        self, M: torch.Tensor, *, solver: str = "eig", tol: float = 1e-6, maxiter: int | None = None
+    ) -> torch.Tensor:
+        """``(C + delta I)^{-1} M`` for ``M`` ``(P, k)``: ``C`` the curvature plus weight decay.
+
+        ``solver="eig"`` uses the eigenpairs from ``fit`` (the low-rank inverse for ``method="lowrank"``);
+        ``solver="cg"`` runs conjugate gradients (:mod:`hessview.cg`) on matrix-free curvature-vector
+        products, to relative residual ``tol`` within ``maxiter`` iterations (``None``: ``10 P``), which
+        is exact up to ``tol`` even when ``method="lowrank"``.
+        """
+        self._require_fit()
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
+        if solver == "eig":
+            return self._apply_inverse(M)
+        delta = self.damping_
+        result = conjugate_gradient(
+            lambda D: self.curvature_matmat(D) + delta * D,
+            M,
+            tol=tol,
+            maxiter=maxiter,
+            progress=self.progress,
+        )
+        return result.solution
+
+    def _train_products(self, A: torch.Tensor) -> torch.Tensor:
+        """``G A`` ``(n_train, k)``, ``G`` the per-sample training gradients (recomputed if not kept)."""
+        if "_train_gradients" in self.__dict__:
+            return self.train_gradients @ A
+        parts = self._get_backend().map("gradient_products", A, progress=self.progress, desc="influence")
+        return torch.cat(parts)
+
+    def _influence_rows(self, X, labels, solver, tol, maxiter) -> torch.Tensor:
+        gradients = per_sample_gradients(self._sample_loss, self.theta, X, labels)
+        if solver == "eig" and self.method_ == "exact":
+            return gradients @ self._train_ihvp.T
+        ihvp = self.inverse_hvp(gradients.T.contiguous(), solver=solver, tol=tol, maxiter=maxiter)
+        return self._train_products(ihvp).T
+
+    def influence(
+        self, X_test, y_test=None, *, solver: str = "eig", tol: float = 1e-6, maxiter: int | None = None
+    ) -> np.ndarray:
         """Influence of removing each training point on each test loss (Koh & Liang, ICML 2017).
 
         .. math:: I[i, j] = \\frac{1}{n} g_i^T (H + \\delta I)^{-1} g_j
                   \\approx L_i(\\theta_{-j}) - L_i(\\theta),
 
         positive when training point ``j`` is helpful to test point ``i``. Shape ``(n_test, n_train)``.
+        ``solver``, ``tol`` and ``maxiter`` choose how :math:`(H + \\delta I)^{-1} g_i` is computed (see
+        :meth:`inverse_hvp`): ``"cg"`` suits a few chosen test points.
         """
         self._require_fit()
-        return (self.test_gradients(X_test, y_test) @ self._train_ihvp.T / self.n_train).cpu().numpy()
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
+        X = self._inputs(X_test)
+        scores = self._influence_rows(X, self._labels(X, y_test), solver, tol, maxiter)
+        return (scores / self.n_train).cpu().numpy()
+
+    def influence_to_disk(
+        self,
+        X_test,
+        path,
+        y_test=None,
+        *,
+        block_size: int = 1024,
+        solver: str = "eig",
+        tol: float = 1e-6,
+        maxiter: int | None = None,
+    ) -> np.memmap:
+        """:meth:`influence` written to the ``.npy`` file ``path`` ``block_size`` test points at a time.
+
+        Returns the file opened read-only with ``mmap_mode="r"``; written atomically (a failed run leaves
+        no partial file). When the training gradients are not kept (large low-rank fits), each block makes
+        one pass over the training data, so large blocks are cheaper.
+        """
+        self._require_fit()
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
+        X = self._inputs(X_test)
+        labels = self._labels(X, y_test)
+
+        def rows(start, stop):
+            block = self._influence_rows(X[start:stop], labels[start:stop], solver, tol, maxiter)
+            return (block / self.n_train).cpu().numpy()
+
+        dtype = np.dtype(str(self.dtype).removeprefix("torch."))
+        return write_row_blocks(
+            path, (X.shape[0], self.n_train), block_size, rows, dtype=dtype, progress=self.progress,
+            desc="influence blocks",
+        )
 
     def relatif(self, X_test, y_test=None) -> np.ndarray:
         """Theta-relative influence, RelatIF (Barshan et al., AISTATS 2020).
@@ -265,7 +529,16 @@ class HessianToolbox:
         which discounts training points whose influence comes from a large parameter change.
         """
         self._require_fit()
-        scores = self.test_gradients(X_test, y_test) @ self._train_ihvp.T
+        X = self._inputs(X_test)
+        scores = self._influence_rows(X, self._labels(X, y_test), "eig", None, None)
+        if "_train_ihvp_norm" not in self.__dict__:
+            if "_train_gradients" in self.__dict__:
+                self._train_ihvp_norm = torch.cat(
+                    [self._inverse.apply(G.T).norm(dim=0) for G in self.train_gradients.split(512)]
+                )
+            else:
+                norms = self._get_backend().map("inverse_gradient_norms", self._inverse)
+                self._train_ihvp_norm = torch.cat(norms)
         norms = self._train_ihvp_norm.clamp_min(torch.finfo(self.dtype).tiny)
         return (scores / norms).cpu().numpy()
 
@@ -285,7 +558,16 @@ class HessianToolbox:
         X = self._inputs(X_test)
         labels = self._labels(X, y_test)
         weights = bootstrap_weights(self.n_train, n_resamples, seed)
-        thetas = self.theta + resampled_shifts(self.train_gradients, self._inverse, weights)
+        if self.method_ == "exact":
+            shifts = resampled_shifts(self.train_gradients, self._inverse, weights)
+        else:
+            W = (torch.as_tensor(weights, dtype=self.dtype, device=self.theta.device) - 1.0) / self.n_train
+            if "_train_gradients" in self.__dict__:
+                moved = W @ self.train_gradients
+            else:
+                moved = sum(self._get_backend().map("weighted_gradient_sum", W))
+            shifts = -self._inverse.apply(moved.T).T
+        thetas = self.theta + shifts
         batch = max(1, int(2e7 // max(1, X.numel())))
         outputs = torch.cat(
             [
@@ -312,9 +594,13 @@ class HessianToolbox:
             out = self.flat(theta, x.unsqueeze(0))[0].reshape(-1)
             return out - out.mean() if centre else out
 
-        return torch.cat(
+        return vmap(jacrev(outputs), in_dims=(None, 0))(self.theta, X).detach()
+
+    def _extrapolation_scores(self, X: torch.Tensor, prediction: str, directions: torch.Tensor) -> np.ndarray:
+        """Projected prediction-gradient norms, 256 inputs at a time (never all ``n x K x P`` at once)."""
+        return np.concatenate(
             [
-                vmap(jacrev(outputs), in_dims=(None, 0))(self.theta, X[i : i + 256]).detach()
+                projected_norms(self._prediction_jacobians(X[i : i + 256], prediction), directions)
                 for i in range(0, X.shape[0], 256)
             ]
         )
@@ -327,15 +613,18 @@ class HessianToolbox:
         Args:
             X_test: test inputs.
             m: curvature directions projected out; default: the directions whose data curvature
-                ``|lambda - weight_decay|`` exceeds ``1e-3`` of its largest value, at most ``P - 1``.
+                ``|lambda - weight_decay|`` exceeds ``1e-3`` of its largest value, at most ``P - 1`` (and at
+                most ``rank`` for ``method="lowrank"``, which knows only the top ``rank`` directions).
             quantile: the threshold is this quantile of the training inputs' scores.
             prediction: ``"logits"`` or ``"loss"`` (the function whose gradient is projected).
         """
         self._require_fit()
+        top = self.n_params if self.method_ == "exact" else self.rank
         if m is None:
-            m = min(default_rank(self.eigenvalues - self.weight_decay), self.n_params - 1)
-        if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= self.n_params:
-            raise ValueError(f"m must be an integer in [0, {self.n_params}], not {m!r}")
+            m = min(default_rank(self.eigenvalues - self.weight_decay), self.n_params - 1, top)
+        if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= top:
+            kept = "" if self.method_ == "exact" else f" (method='lowrank' keeps {self.rank} directions)"
+            raise ValueError(f"m must be an integer in [0, {top}]{kept}, not {m!r}")
         if not 0 < quantile < 1:
             raise ValueError(f"quantile must lie strictly between 0 and 1, not {quantile!r}")
         if prediction not in ("logits", "loss"):
@@ -344,10 +633,9 @@ class HessianToolbox:
         directions = top_directions(self.eigenvalues, self.eigenvectors, m)
         key = (m, prediction)
         if key not in self._train_scores:
-            train_jac = self._prediction_jacobians(self.X_train, prediction)
-            self._train_scores[key] = projected_norms(train_jac, directions)
+            self._train_scores[key] = self._extrapolation_scores(self.X_train, prediction, directions)
         train_score = self._train_scores[key]
-        score = projected_norms(self._prediction_jacobians(X, prediction), directions)
+        score = self._extrapolation_scores(X, prediction, directions)
         threshold = float(np.quantile(train_score, quantile))
         return Extrapolation(score, threshold, score > threshold, m, quantile, train_score)
 
@@ -360,16 +648,25 @@ class HessianToolbox:
         """Write the fitted state to a safetensors file, atomically (no pickled objects)."""
         self._require_fit()
         tensors = {
-            "hessian": self.hessian,
             "eigenvalues": self.eigenvalues,
             "eigenvectors": self.eigenvectors,
-            "train_gradients": self.train_gradients,
             "X_train": self.X_train,
             "y_train": self.y_train,
             "theta": self.theta,
         }
+        for key in ("hessian", "train_gradients"):
+            if f"_{key}" in self.__dict__:
+                tensors[key] = getattr(self, key)
+        if "_train_gradients" not in self.__dict__:
+            tensors["gradient_mean"] = self._gradient_mean
+            tensors["sample_gradient_norms"] = self._sample_gradient_norms
         meta = {
             "format": FORMAT,
+            "method": self.method_,
+            "method_reason": self.method_reason_,
+            "rank": self.rank,
+            "curvature": self.curvature,
+            "lanczos_tol": self.lanczos_tol,
             "loss": self.loss,
             "weight_decay": self.weight_decay,
             "damping": self.damping,
@@ -387,8 +684,8 @@ class HessianToolbox:
         return path
 
     @classmethod
-    def load(cls, path, model: nn.Module, X_train=None, y_train=None, *, progress: bool = True):
-        """Load a toolbox saved by :meth:`save` for ``model``.
+    def load(cls, path, model: nn.Module, X_train=None, y_train=None, *, progress: bool = True, client=None):
+        """Load a toolbox saved by :meth:`save` for ``model`` (optionally running queries on ``client``).
 
         Refuses (ValueError) a file made for another model (architecture or parameter values differ)
         or, when ``X_train``/``y_train`` are given, for other training data.
@@ -435,11 +732,21 @@ class HessianToolbox:
             damping=damping,
             dtype=dtype,
             progress=progress,
+            method=meta.get("method", "exact"),
+            rank=meta.get("rank"),
+            curvature=meta.get("curvature", "hessian"),
+            client=client,
+            lanczos_tol=meta.get("lanczos_tol", 1e-6),
         )
         if toolbox.data_fingerprint() != meta["data_fingerprint"]:
             raise ValueError(f"{path} is corrupt: its training data do not match its fingerprint")
-        for key in ("hessian", "eigenvalues", "eigenvectors", "train_gradients"):
-            setattr(toolbox, key, tensors[key].to(device))
+        toolbox.method_ = meta.get("method", "exact")
+        toolbox.method_reason_ = meta.get("method_reason", "method='exact'")
+        toolbox.method = meta.get("method", "exact")
+        names = {"gradient_mean": "_gradient_mean", "sample_gradient_norms": "_sample_gradient_norms"}
+        for key, tensor in tensors.items():
+            if key not in ("X_train", "y_train", "theta"):
+                setattr(toolbox, names.get(key, key), tensor.to(device))
         toolbox._set_derived()
         toolbox._fitted = True
         return toolbox

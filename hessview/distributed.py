@@ -1,0 +1,188 @@
+"""Data shards and the backends that run the data-parallel work over them, in process or on Dask.
+
+Every sum over training samples the toolbox needs (Hessian or GGN blocks, curvature-vector products,
+per-sample gradients and their products with a matrix) splits into independent pieces, one per
+:class:`Shard` of consecutive samples; the pieces are summed or concatenated in shard order, so an
+in-process run and a Dask run of the same shards give the same numbers up to rounding.
+:class:`LocalBackend` (the default) needs nothing else; :class:`DaskBackend` sends each shard to a
+``dask.distributed`` worker once (``client.scatter``) and then submits one task per shard and call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.func import grad, jvp, vmap
+from tqdm.auto import tqdm
+
+from hessview.ggn import flat_ggn, ggn_matmat
+from hessview.hessian import flat_hessian, per_sample_gradients
+from hessview.losses import per_sample_loss
+from hessview.params import FlatModel
+
+CURVATURES = ("hessian", "ggn")
+GRADIENT_BATCH = 512
+
+
+@dataclass
+class Shard:
+    """Samples ``start : start + len(X)`` of the training set and the work that touches only them.
+
+    Sums are scaled by ``1 / n_total`` so that adding the shards' results gives the mean over all samples.
+    """
+
+    flat: FlatModel
+    X: torch.Tensor
+    y: torch.Tensor
+    loss: str
+    n_total: int
+    start: int
+    budget_bytes: float = 2e9
+
+    @property
+    def theta(self) -> torch.Tensor:
+        """The flat parameters."""
+        return self.flat.theta
+
+    def _objective(self, theta, X, y):
+        return per_sample_loss(self.loss, self.flat(theta, X), y).sum() / self.n_total
+
+    def _sample_loss(self, theta, x, y):
+        return per_sample_loss(self.loss, self.flat(theta, x.unsqueeze(0)), y.unsqueeze(0))[0]
+
+    def _passes(self, k: int) -> tuple[int, int]:
+        """(samples, vectors) per vectorised pass so that one pass stays within the memory budget."""
+        per_pair = 32 * 8 * max(1, self.X[0].numel())
+        n = self.X.shape[0]
+        vectors = max(1, min(k, int(self.budget_bytes // (per_pair * min(n, 128)))))
+        samples = max(1, min(n, int(self.budget_bytes // (per_pair * vectors))))
+        return samples, vectors
+
+    def dense_curvature(self, curvature: str, row_chunk: int, progress: bool = False) -> torch.Tensor:
+        """The shard's ``P x P`` Hessian or GGN of ``(1/n_total) sum_j L_j``."""
+        if curvature == "hessian":
+            return flat_hessian(
+                lambda t: self._objective(t, self.X, self.y),
+                self.theta,
+                chunk_size=row_chunk,
+                progress=progress,
+            )
+        return flat_ggn(self.flat, self.theta, self.X, self.loss, 1.0 / self.n_total, chunk_size=row_chunk)
+
+    def curvature_matmat(self, V: torch.Tensor, curvature: str) -> torch.Tensor:
+        """``C v`` for each row ``v`` of ``V`` ``(k, P)``, ``C`` this shard's Hessian or GGN; matrix-free."""
+        samples, vectors = self._passes(V.shape[0])
+        out = torch.zeros_like(V)
+        for i in range(0, self.X.shape[0], samples):
+            X, y = self.X[i : i + samples], self.y[i : i + samples]
+            for j in range(0, V.shape[0], vectors):
+                rows = V[j : j + vectors]
+                if curvature == "hessian":
+                    gradient = grad(lambda t, X=X, y=y: self._objective(t, X, y))
+                    out[j : j + vectors] += vmap(lambda v, g=gradient: jvp(g, (self.theta,), (v,))[1])(
+                        rows
+                    ).detach()
+                else:
+                    out[j : j + vectors] += ggn_matmat(
+                        self.flat, self.theta, X, self.loss, rows, 1 / self.n_total
+                    )
+        return out
+
+    def _gradient_batches(self):
+        for i in range(0, self.X.shape[0], GRADIENT_BATCH):
+            X, y = self.X[i : i + GRADIENT_BATCH], self.y[i : i + GRADIENT_BATCH]
+            yield i, per_sample_gradients(self._sample_loss, self.theta, X, y, batch_size=GRADIENT_BATCH)
+
+    def gradients(self) -> torch.Tensor:
+        """Per-sample loss gradients ``(n_shard, P)``."""
+        return per_sample_gradients(self._sample_loss, self.theta, self.X, self.y, batch_size=GRADIENT_BATCH)
+
+    def gradient_summary(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of the per-sample gradients ``(P,)``, their norms ``(n_shard,)``) without keeping them."""
+        total = torch.zeros_like(self.theta)
+        norms = []
+        for _, G in self._gradient_batches():
+            total += G.sum(dim=0)
+            norms.append(G.norm(dim=1))
+        return total, torch.cat(norms)
+
+    def gradient_products(self, A: torch.Tensor) -> torch.Tensor:
+        """``G A`` ``(n_shard, k)`` for ``A`` ``(P, k)``, ``G`` the per-sample gradients."""
+        return torch.cat([G @ A for _, G in self._gradient_batches()])
+
+    def weighted_gradient_sum(self, W: torch.Tensor) -> torch.Tensor:
+        """``W[:, shard] G`` ``(B, P)`` for sample weights ``W`` ``(B, n_total)`` over the whole set."""
+        total = W.new_zeros((W.shape[0], self.theta.numel()))
+        for i, G in self._gradient_batches():
+            total += W[:, self.start + i : self.start + i + G.shape[0]] @ G
+        return total
+
+    def inverse_gradient_norms(self, inverse) -> torch.Tensor:
+        """``||C^{-1} g_j||`` for every sample, ``inverse.apply`` giving ``C^{-1} M`` for ``M`` ``(P, k)``."""
+        return torch.cat([inverse.apply(G.T).norm(dim=0) for _, G in self._gradient_batches()])
+
+
+def make_shards(flat: FlatModel, X, y, loss: str, shard_size: int) -> list[Shard]:
+    """Consecutive shards of at most ``shard_size`` samples."""
+    n = X.shape[0]
+    return [
+        Shard(flat, X[i : i + shard_size], y[i : i + shard_size], loss, n, i) for i in range(0, n, shard_size)
+    ]
+
+
+def _call(shard: Shard, method: str, *args):
+    return getattr(shard, method)(*args)
+
+
+class LocalBackend:
+    """Runs each shard's work in this process, one shard after another."""
+
+    n_workers = 1
+
+    def __init__(self, shards: list[Shard]):
+        self.shards = shards
+
+    def map(self, method: str, *args, progress: bool = False, desc: str | None = None) -> list:
+        """``[shard.method(*args) for shard in shards]``."""
+        shards = tqdm(self.shards, desc=desc, disable=not progress or len(self.shards) == 1, leave=False)
+        return [_call(shard, method, *args) for shard in shards]
+
+
+class DaskBackend:
+    """Runs each shard's work as a task on a ``dask.distributed`` cluster.
+
+    The shards (model copy and samples) are scattered to the workers once; each call then ships only its
+    arguments. Torch in a worker uses its own thread setting: with one thread per worker, call
+    ``client.run(torch.set_num_threads, 1)`` first.
+    """
+
+    def __init__(self, client, shards: list[Shard]):
+        self.client = client
+        self.shards = client.scatter(shards)
+
+    @property
+    def n_workers(self) -> int:
+        """Workers the scheduler knows now."""
+        return n_workers(self.client)
+
+    def map(self, method: str, *args, progress: bool = False, desc: str | None = None) -> list:
+        """Submit ``shard.method(*args)`` for every shard; gather the results in shard order."""
+        futures = [self.client.submit(_call, shard, method, *args, pure=False) for shard in self.shards]
+        if progress and len(futures) > 1:
+            from distributed import as_completed
+
+            for _ in tqdm(as_completed(futures), total=len(futures), desc=desc, leave=False):
+                pass
+        return self.client.gather(futures)
+
+
+def n_workers(client) -> int:
+    """Number of workers of a ``dask.distributed`` client (at least 1)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def check_client(client) -> None:
+    """Refuse anything that is not a ``dask.distributed.Client``-like object."""
+    if client is not None and not all(hasattr(client, name) for name in ("submit", "scatter", "gather")):
+        raise TypeError(f"client must be a dask.distributed.Client or None, not {type(client).__name__}")

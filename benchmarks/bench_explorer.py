@@ -1,0 +1,175 @@
+"""Explorer speed: server-side time per click, browser click-to-panel latency, app cold start.
+
+    python benchmarks/bench_explorer.py [--demo fermi-hubbard] [--clicks 50] [--starts 3] [--no-browser]
+
+Needs the demo's caches (``hessview build``); the browser parts need /usr/bin/chromium and
+Playwright. Prints a markdown table of medians against the goals (20 ms, 200 ms, 10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hessview import cli  # noqa: E402
+from hessview.widgets.app import demo_explorer  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ALL_PANELS_SHOW = """(index) => {
+  const shown = (selector) => Array.from(document.querySelectorAll(selector))
+      .filter((el) => el.offsetParent !== null).map((el) => el.getAttribute('data-test-index'));
+  return ['.hv-detail', '.hv-uncertainty', '.hv-extrapolation', '.hv-gallery'].every((p) => {
+    const s = shown(p + ' [data-test-index]');
+    return s.length > 0 && s.every((v) => v === String(index));
+  });
+}"""
+# Click dot ``index`` and resolve with the milliseconds until every panel shows it.
+TIMED_CLICK = """(index) => new Promise((resolve) => {
+  const allShow = ALL_PANELS_SHOW;
+  const dot = document.querySelectorAll('.hv-main path.dot')[index];
+  const start = performance.now();
+  const observer = new MutationObserver(() => {
+    if (allShow(index)) { observer.disconnect(); resolve(performance.now() - start); }
+  });
+  observer.observe(document.body, {subtree: true, childList: true, attributes: true,
+                                   characterData: true});
+  dot.dispatchEvent(new MouseEvent('click', {bubbles: true}));
+})""".replace("ALL_PANELS_SHOW", ALL_PANELS_SHOW)
+
+
+def server_side(demo: str, clicks: int) -> dict[str, float]:
+    """Median seconds: explorer construction, and one selection (what a click runs in the kernel)."""
+    start = time.perf_counter()
+    explorer = demo_explorer(demo)
+    build = time.perf_counter() - start
+    n = explorer.results.n_test
+    rng = np.random.default_rng(0)
+    indices = [int(i) for i in rng.integers(0, n, clicks)]
+    times = []
+    for i in indices:
+        if i == explorer.state.index:
+            i = (i + 1) % n
+        start = time.perf_counter()
+        explorer.main.points.selected = np.array([i])
+        times.append(time.perf_counter() - start)
+    toggles = []
+    for kind in ["relatif", "influence"] * 5:
+        start = time.perf_counter()
+        explorer.state.kind = kind
+        toggles.append(time.perf_counter() - start)
+    return {"build": build, "click": statistics.median(times), "toggle": statistics.median(toggles),
+            "n_test": n, "n_train": explorer.results.n_train}
+
+
+def start_voila(demo: str, port: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        cli.voila_command(cli.app_notebook(), port, open_browser=False),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        env=dict(os.environ, HESSVIEW_DEMO=demo,
+                 PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
+    )
+
+
+def wait_for_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "voila/static/", timeout=2)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def browser(demo: str, clicks: int, starts: int) -> dict[str, float]:
+    """Median seconds: cold start to first interactive render, and click-to-updated-panels."""
+    from playwright.sync_api import sync_playwright
+
+    cold, latencies = [], []
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS,
+                                      headless=True)
+        for attempt in range(starts):
+            port = cli.free_port(20866)
+            url = f"http://127.0.0.1:{port}/"
+            start = time.perf_counter()
+            server = start_voila(demo, port)
+            try:
+                wait_for_http(url)
+                page = chromium.new_page(viewport={"width": 1400, "height": 1700})
+                page.goto(url, timeout=180_000)
+                page.wait_for_selector(".hv-main path.dot", timeout=180_000)
+                page.wait_for_function(ALL_PANELS_SHOW, arg=0, timeout=60_000)
+                cold.append(time.perf_counter() - start)
+                if attempt == 0:
+                    n = page.locator(".hv-main path.dot").count()
+                    rng = np.random.default_rng(1)
+                    previous = 0
+                    for i in (int(i) for i in rng.integers(0, n, clicks)):
+                        if i == previous:
+                            i = (i + 1) % n
+                        latencies.append(page.evaluate(TIMED_CLICK, i) / 1000)
+                        previous = i
+                page.close()
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+        chromium.close()
+    return {"cold_start": statistics.median(cold), "cold_starts": cold,
+            "latency": statistics.median(latencies), "latency_p90": float(np.quantile(latencies, 0.9))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", default="fermi-hubbard", choices=cli.DEMOS)
+    parser.add_argument("--clicks", type=int, default=50)
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--no-browser", action="store_true")
+    args = parser.parse_args()
+
+    from hessview.demos import load_demo
+
+    load_demo(args.demo, progress=True)  # caches present before anything is timed
+    server = server_side(args.demo, args.clicks)
+    print(f"demo {args.demo}: {server['n_test']} test points, {server['n_train']} training points; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    rows = [
+        ("server-side time per click (median)", server["click"], 0.020),
+        ("server-side influence/RelatIF toggle (median)", server["toggle"], 0.020),
+        ("explorer construction from cached toolbox (precompute)", server["build"], None),
+    ]
+    if not args.no_browser:
+        seen = browser(args.demo, args.clicks, args.starts)
+        rows += [
+            ("browser click to all panels updated (median)", seen["latency"], 0.200),
+            ("browser click to all panels updated (90th percentile)", seen["latency_p90"], 0.200),
+            (f"cold start to first interactive render (median of {args.starts})",
+             seen["cold_start"], 10.0),
+        ]
+    print("\n| measure | value | goal | value / goal |\n|---|---|---|---|")
+    for name, value, goal in rows:
+        shown = f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+        goal_text = "" if goal is None else (f"{goal * 1000:.0f} ms" if goal < 1 else f"{goal:.0f} s")
+        ratio = "" if goal is None else f"{value / goal:.2f}"
+        print(f"| {name} | {shown} | {goal_text} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

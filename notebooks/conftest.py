@@ -1,0 +1,28 @@
+"""Build the demos' caches before their app notebooks run under ``pytest --nbval-lax``.
+
+The app notebooks only read caches (Voila must never train at render time); building them here, in
+the pytest process, shows progress and reports a failed build as such instead of a cell timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+APP_NOTEBOOK_DEMOS = {"app.ipynb": None, "app-ising.ipynb": "ising"}  # None: the app's default
+
+
+@functools.cache
+def _build(name: str) -> None:
+    from hessview.demos import load_demo
+
+    load_demo(name, progress=True)
+
+
+def pytest_runtest_setup(item):
+    """Before the first cell of an app notebook, make sure its demo is cached."""
+    notebook = Path(str(item.fspath)).name
+    if notebook in APP_NOTEBOOK_DEMOS:
+        from hessview.widgets.app import demo_name
+
+        _build(demo_name(APP_NOTEBOOK_DEMOS[notebook]))

@@ -8,12 +8,19 @@ by ``hessview build`` (Binder's postBuild runs it).
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 from urllib.parse import parse_qs
 
+import numpy as np
+
+from hessview._io import cache_dir
 from hessview.widgets.explorer import Explorer
+from hessview.widgets.results import ExplorerResults
 
 DEFAULT_DEMO = "fermi-hubbard"
+RESULTS_VERSION = "1"
 
 
 def demo_name(name: str | None = None) -> str:
@@ -34,14 +41,54 @@ def demo_name(name: str | None = None) -> str:
     return from_url[0] if from_url else os.environ.get("HESSVIEW_DEMO") or DEFAULT_DEMO
 
 
-def demo_explorer(name: str | None = None, **kwargs) -> Explorer:
+def _array_bytes(value) -> bytes:
+    if value is None:
+        return b"none"
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.ascontiguousarray(value).tobytes()
+
+
+def results_path(name: str, demo, n_resamples: int, seed: int) -> Path:
+    """Cache file of a demo's :class:`ExplorerResults`, keyed by everything they depend on.
+
+    The key hashes the fitted parameters, the training data fingerprint, the test set, the
+    control parameters and the resampling settings, so a rebuilt demo never reads stale results.
+    """
+    digest = hashlib.sha256(RESULTS_VERSION.encode())
+    digest.update(demo.toolbox.data_fingerprint().encode())
+    for value in (demo.toolbox.theta, demo.X_test, demo.y_test, demo.x, demo.train_x):
+        digest.update(_array_bytes(value))
+    digest.update(f"{n_resamples}/{seed}".encode())
+    return cache_dir("explorer") / f"{name}-{digest.hexdigest()[:20]}.npz"
+
+
+def demo_results(name: str, demo, *, n_resamples: int = 200, seed: int = 0) -> ExplorerResults:
+    """Return a demo's precomputed explorer results, from the cache when present."""
+    path = results_path(name, demo, n_resamples, seed)
+    if path.exists():
+        try:
+            return ExplorerResults.load(path)
+        except (OSError, ValueError):
+            pass  # unreadable or from an older layout: compute again below
+    results = ExplorerResults.from_toolbox(
+        demo.toolbox, demo.X_test, demo.y_test, x=demo.x, train_x=demo.train_x,
+        n_resamples=n_resamples, seed=seed)
+    results.save(path)
+    return results
+
+
+def demo_explorer(name: str | None = None, *, n_resamples: int = 200, seed: int = 0,
+                  **kwargs) -> Explorer:
     """Load a cached demo (building it on first use) and return its explorer.
 
-    ``kwargs`` go to :class:`~hessview.widgets.Explorer` (e.g. ``k``).
+    The explorer's precomputed results are cached too (see :func:`results_path`), so a restart
+    of the app only reads files. ``kwargs`` go to :class:`~hessview.widgets.Explorer` (e.g. ``k``).
     """
     from hessview.demos import load_demo
 
-    demo = load_demo(demo_name(name), progress=False)
+    name = demo_name(name)
+    demo = load_demo(name, progress=False)
     options = dict(
         x=demo.x,
         x_label=demo.x_label,
@@ -49,6 +96,7 @@ def demo_explorer(name: str | None = None, **kwargs) -> Explorer:
         render=demo.render,
         title=demo.title,
         class_names=getattr(demo, "class_names", None),
+        results=demo_results(name, demo, n_resamples=n_resamples, seed=seed),
     )
     options.update(kwargs)
     return Explorer(demo.toolbox, demo.X_test, demo.y_test, **options)

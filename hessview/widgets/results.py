@@ -7,9 +7,13 @@ extrapolation score, all read from :class:`hessview.HessianToolbox`.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from hessview._io import atomic_path
 
 from hessview.widgets.state import SCORE_KINDS
 
@@ -131,6 +135,42 @@ class ExplorerResults:
             eigenvalues=_as_numpy(toolbox.eigenvalues).astype(np.float64).reshape(-1),
             damping=float(toolbox.damping_),
         )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write every field to a ``.npz`` file, atomically (no pickled objects).
+
+        >>> import tempfile, pathlib
+        >>> r = ExplorerResults(*([np.zeros(2)] * 11), 0.95, np.ones(2), 1.0, np.zeros(2, bool),
+        ...                     np.arange(3.0), 0.0)
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "r.npz"
+        >>> r.save(path)
+        >>> ExplorerResults.load(path).eigenvalues.tolist()
+        [0.0, 1.0, 2.0]
+        """
+        arrays = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is not None:
+                arrays[field.name] = np.asarray(value)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ExplorerResults:
+        """Read results written by :meth:`save`."""
+        with np.load(path, allow_pickle=False) as data:
+            values = {}
+            for field in dataclasses.fields(cls):
+                if field.name not in data:
+                    values[field.name] = None
+                    continue
+                value = data[field.name]
+                values[field.name] = value.item() if value.ndim == 0 else value
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if values[f.name] is None and f.name not in ("y_test", "y_train")]
+        if missing:
+            raise ValueError(f"{path} lacks the fields {missing}: not an ExplorerResults file")
+        return cls(**values)
 
     @property
     def n_test(self) -> int:

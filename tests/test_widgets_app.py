@@ -1,0 +1,105 @@
+"""The Voila app helper: demo choice, and the cache of precomputed explorer results."""
+
+from __future__ import annotations
+
+import types
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from support import train_model
+from torch import nn
+
+import hessview.demos
+from hessview import HessianToolbox
+from hessview.widgets import app
+
+
+@pytest.fixture(scope="module")
+def small_demo():
+    torch.manual_seed(3)
+    x = torch.linspace(0.1, 3, 30, dtype=torch.float64)
+    X = torch.stack([x, 0.2 * torch.randn(30, dtype=torch.float64)], 1)
+    y = (x > 1.5).long()
+    y[[12, 17]] = 1 - y[[12, 17]]
+    model = train_model(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2)), X, y,
+                        weight_decay=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tb = HessianToolbox(model, X, y, weight_decay=0.01, progress=False).fit()
+    x_test = torch.linspace(0.05, 4, 9, dtype=torch.float64)
+    X_test = torch.stack([x_test, torch.zeros(9, dtype=torch.float64)], 1)
+    return types.SimpleNamespace(
+        toolbox=tb, model=model, X_test=X_test, y_test=(x_test > 1.5).long(), x=x_test.numpy(),
+        x_label="g", train_x=x.numpy(), name="small", title="Small demo", render="1d",
+        class_names=["A", "B"])
+
+
+@pytest.fixture
+def served(small_demo, monkeypatch, tmp_path):
+    monkeypatch.setenv("HESSVIEW_CACHE_DIR", str(tmp_path))
+    requested = []
+
+    def load_demo(name, *, progress=True, rebuild=False):
+        requested.append(name)
+        return small_demo
+
+    monkeypatch.setattr(hessview.demos, "load_demo", load_demo)
+    return requested
+
+
+def test_demo_explorer_shows_the_demo(served, small_demo, monkeypatch):
+    monkeypatch.setenv("HESSVIEW_DEMO", "ising")
+    monkeypatch.delenv("QUERY_STRING", raising=False)
+    explorer = app.demo_explorer(n_resamples=20, k=2)
+    assert served == ["ising"]
+    explorer.select(4)
+    np.testing.assert_allclose(explorer.influence.points.y,
+                               small_demo.toolbox.influence(small_demo.X_test, small_demo.y_test)[4],
+                               rtol=1e-12)
+    assert explorer.k_slider.value == 2
+    assert "Small demo" in explorer.header.children[0].value
+
+
+def test_url_query_wins_over_environment(served, monkeypatch):
+    monkeypatch.setenv("HESSVIEW_DEMO", "ising")
+    monkeypatch.setenv("QUERY_STRING", "demo=fermi-hubbard")
+    app.demo_explorer(n_resamples=20)
+    assert served == ["fermi-hubbard"]
+
+
+def test_results_are_cached_and_reused_without_the_toolbox(served, small_demo, monkeypatch):
+    first = app.demo_explorer("small", n_resamples=20)
+    path = app.results_path("small", small_demo, 20, 0)
+    assert path.exists()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the toolbox was queried although the results are cached")
+
+    for method in ("influence", "relatif", "uncertainty", "extrapolation", "predict"):
+        monkeypatch.setattr(small_demo.toolbox, method, refuse)
+    again = app.demo_explorer("small", n_resamples=20)
+    for field in ("influence", "relatif", "uncertainty_mean", "uncertainty_upper", "extrapolation_score",
+                  "extrapolation_flag", "eigenvalues", "x", "train_x", "y_train"):
+        np.testing.assert_array_equal(getattr(again.results, field), getattr(first.results, field))
+    assert again.results.extrapolation_threshold == first.results.extrapolation_threshold
+    assert again.results.damping == first.results.damping
+
+
+def test_cache_key_changes_with_settings_and_test_set(served, small_demo):
+    base = app.results_path("small", small_demo, 20, 0)
+    assert app.results_path("small", small_demo, 21, 0) != base
+    assert app.results_path("small", small_demo, 20, 1) != base
+    other = types.SimpleNamespace(**vars(small_demo))
+    other.X_test = small_demo.X_test + 1
+    assert app.results_path("small", other, 20, 0) != base
+
+
+def test_unreadable_cache_is_recomputed(served, small_demo):
+    path = app.results_path("small", small_demo, 20, 0)
+    path.write_bytes(b"not an npz file")
+    explorer = app.demo_explorer("small", n_resamples=20)
+    truth = small_demo.toolbox.relatif(small_demo.X_test, small_demo.y_test)
+    np.testing.assert_allclose(explorer.results.relatif, truth, rtol=1e-12)
+    assert app.ExplorerResults.load(path).relatif.shape == truth.shape

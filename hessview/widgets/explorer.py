@@ -59,27 +59,31 @@ class Explorer(widgets.AppLayout):
     def __init__(self, toolbox, X_test, y_test=None, *, x=None, x_label=None, train_x=None,
                  render=None, k: int = 5, n_resamples: int = 200, seed: int = 0,
                  class_names=None, X_train=None, y_train=None, results=None, title=None):
+        # Cheap checks first: the precomputation below queries the toolbox for every test point.
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        if results is not None and not isinstance(results, ExplorerResults):
+            raise TypeError(f"results must be ExplorerResults, got {type(results).__name__}")
         X_train = X_train if X_train is not None else getattr(toolbox, "X_train", None)
         if X_train is None:
             raise ValueError("the toolbox has no X_train: pass X_train= to draw the gallery")
+        n_train = results.n_train if results is not None else int(toolbox.n_train)
+        if len(X_train) != n_train:
+            raise ValueError(f"X_train has {len(X_train)} rows but the toolbox has "
+                             f"{n_train} training points")
+        if not 1 <= k <= min(MAX_K, n_train):
+            raise ValueError(f"k must be between 1 and {min(MAX_K, n_train)}, got {k}")
+        renderer = make_renderer(render, tuple(X_train.shape[1:]))
+        if class_names is not None:
+            class_names = [str(name) for name in class_names]
+            n_classes = results.n_classes if results is not None else toolbox.n_classes
+            if n_classes is not None and len(class_names) != n_classes:
+                raise ValueError(f"class_names has {len(class_names)} names but the model has "
+                                 f"{n_classes} classes")
         if results is None:
             results = ExplorerResults.from_toolbox(
                 toolbox, X_test, y_test, x=x, train_x=train_x, y_train=y_train,
                 n_resamples=n_resamples, seed=seed)
-        elif not isinstance(results, ExplorerResults):
-            raise TypeError(f"results must be ExplorerResults, got {type(results).__name__}")
-        if len(X_train) != results.n_train:
-            raise ValueError(f"X_train has {len(X_train)} rows but the toolbox has "
-                             f"{results.n_train} training points")
-        if not 1 <= k <= min(MAX_K, results.n_train):
-            raise ValueError(f"k must be between 1 and {min(MAX_K, results.n_train)}, got {k}")
-        if class_names is not None:
-            class_names = [str(name) for name in class_names]
-            if results.is_classification and len(class_names) != results.n_classes:
-                raise ValueError(f"class_names has {len(class_names)} names but the model has "
-                                 f"{results.n_classes} classes")
         self.results = results
         self.class_names = class_names
         self.x_label = x_label or ("control parameter" if x is not None else "test point index")
@@ -91,7 +95,7 @@ class Explorer(widgets.AppLayout):
         self.main = MainView(results, x_label=self.x_label, y_label=self._y_label(),
                              on_select=self._select)
         self.influence = InfluenceView(results, train_x_label=self.train_x_label)
-        self.gallery = GalleryView(results, X_train, make_renderer(render, tuple(X_train.shape[1:])),
+        self.gallery = GalleryView(results, X_train, renderer,
                                    max_k=min(MAX_K, results.n_train),
                                    train_x_label=self.train_x_label, class_names=class_names)
         self.detail = DetailView(results, x_label=self.x_label, class_names=class_names)

@@ -27,8 +27,14 @@ from hessview import cli  # noqa: E402
 from hessview.widgets.app import demo_explorer  # noqa: E402
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ALL_PANELS_SHOW = """(index) => {
   const shown = (selector) => Array.from(document.querySelectorAll(selector))
@@ -72,16 +78,26 @@ def server_side(demo: str, clicks: int) -> dict[str, float]:
         start = time.perf_counter()
         explorer.state.kind = kind
         toggles.append(time.perf_counter() - start)
-    return {"build": build, "click": statistics.median(times), "toggle": statistics.median(toggles),
-            "n_test": n, "n_train": explorer.results.n_train}
+    return {
+        "build": build,
+        "click": statistics.median(times),
+        "toggle": statistics.median(toggles),
+        "n_test": n,
+        "n_train": explorer.results.n_train,
+    }
 
 
 def start_voila(demo: str, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         cli.voila_command(cli.app_notebook(), port, open_browser=False),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-        env=dict(os.environ, HESSVIEW_DEMO=demo,
-                 PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env=dict(
+            os.environ,
+            HESSVIEW_DEMO=demo,
+            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        ),
     )
 
 
@@ -104,8 +120,7 @@ def browser(demo: str, clicks: int, starts: int) -> dict[str, float]:
 
     cold, latencies = [], []
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS,
-                                      headless=True)
+        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
         for attempt in range(starts):
             port = cli.free_port(20866)
             url = f"http://127.0.0.1:{port}/"
@@ -132,8 +147,12 @@ def browser(demo: str, clicks: int, starts: int) -> dict[str, float]:
                 server.terminate()
                 server.wait(timeout=30)
         chromium.close()
-    return {"cold_start": statistics.median(cold), "cold_starts": cold,
-            "latency": statistics.median(latencies), "latency_p90": float(np.quantile(latencies, 0.9))}
+    return {
+        "cold_start": statistics.median(cold),
+        "cold_starts": cold,
+        "latency": statistics.median(latencies),
+        "latency_p90": float(np.quantile(latencies, 0.9)),
+    }
 
 
 def main() -> None:
@@ -148,8 +167,10 @@ def main() -> None:
 
     load_demo(args.demo, progress=True)  # caches present before anything is timed
     server = server_side(args.demo, args.clicks)
-    print(f"demo {args.demo}: {server['n_test']} test points, {server['n_train']} training points; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+    print(
+        f"demo {args.demo}: {server['n_test']} test points, {server['n_train']} training points; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    )
     rows = [
         ("server-side time per click (median)", server["click"], 0.020),
         ("server-side influence/RelatIF toggle (median)", server["toggle"], 0.020),
@@ -160,8 +181,7 @@ def main() -> None:
         rows += [
             ("browser click to all panels updated (median)", seen["latency"], 0.200),
             ("browser click to all panels updated (90th percentile)", seen["latency_p90"], 0.200),
-            (f"cold start to first interactive render (median of {args.starts})",
-             seen["cold_start"], 10.0),
+            (f"cold start to first interactive render (median of {args.starts})", seen["cold_start"], 10.0),
         ]
     print("\n| measure | value | goal | value / goal |\n|---|---|---|---|")
     for name, value, goal in rows:

@@ -35,10 +35,12 @@ def app_notebook() -> Path:
 
     from hessview._io import atomic_path
 
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# hessview explorer"),
-        nbformat.v4.new_code_cell("from hessview.widgets.app import demo_explorer\n\ndemo_explorer()"),
-    ])
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_markdown_cell("# hessview explorer"),
+            nbformat.v4.new_code_cell("from hessview.widgets.app import demo_explorer\n\ndemo_explorer()"),
+        ]
+    )
     path = cache_dir("app") / APP_NOTEBOOK
     with atomic_path(path) as tmp:
         nbformat.write(notebook, str(tmp))
@@ -60,7 +62,10 @@ def free_port(start: int = DEFAULT_PORT, attempts: int = 50) -> int:
 def voila_command(notebook: Path, port: int, *, open_browser: bool) -> list[str]:
     """Return the command line that serves ``notebook`` with Voila on 127.0.0.1:``port``."""
     command = [
-        sys.executable, "-m", "voila", str(notebook),
+        sys.executable,
+        "-m",
+        "voila",
+        str(notebook),
         f"--port={port}",
         "--Voila.ip=127.0.0.1",
         "--Voila.port_retries=0",
@@ -97,13 +102,22 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     app = commands.add_parser("app", help="serve the interactive explorer with Voila")
     app.add_argument("name", nargs="?", default=DEMOS[0], choices=DEMOS, help="demo to show")
-    app.add_argument("--port", type=_port, default=None,
-                     help=f"port on 127.0.0.1 (default: the first free one from {DEFAULT_PORT})")
+    app.add_argument(
+        "--port",
+        type=_port,
+        default=None,
+        help=f"port on 127.0.0.1 (default: the first free one from {DEFAULT_PORT})",
+    )
     app.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     app.add_argument("--rebuild", action="store_true", help="rebuild the demo's caches first")
     make = commands.add_parser("build", help="only build the demos' caches")
-    make.add_argument("names", nargs="*", choices=DEMOS, metavar="NAME",
-                      help=f"demos to build (default: all of {', '.join(DEMOS)})")
+    make.add_argument(
+        "names",
+        nargs="*",
+        choices=DEMOS,
+        metavar="NAME",
+        help=f"demos to build (default: all of {', '.join(DEMOS)})",
+    )
     make.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
     return top
 
@@ -118,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     port = args.port or free_port()
     command = voila_command(app_notebook(), port, open_browser=not args.no_browser)
     environment = dict(os.environ, HESSVIEW_DEMO=args.name)
-    print(f"hessview: serving the {args.name!r} explorer at http://127.0.0.1:{port}/ "
-          "(Ctrl+C to stop)", flush=True)
+    print(
+        f"hessview: serving the {args.name!r} explorer at http://127.0.0.1:{port}/ (Ctrl+C to stop)",
+        flush=True,
+    )
     server = subprocess.Popen(command, env=environment)
     try:
         return server.wait()

@@ -46,7 +46,8 @@ def test_every_runtime_dependency_is_pinned_within_pyproject_ranges():
     for name, requirement in runtime_dependencies().items():
         assert name in pins, f"binder/requirements.txt does not pin {name}"
         assert requirement.specifier.contains(pins[name], prereleases=True), (
-            f"binder pins {name}=={pins[name]} outside pyproject's {requirement}")
+            f"binder pins {name}=={pins[name]} outside pyproject's {requirement}"
+        )
 
 
 def test_torch_is_the_cpu_build_from_the_cpu_index():
@@ -81,7 +82,8 @@ def test_pins_satisfy_each_others_declared_requirements():
             if other in pins:
                 checked += 1
                 assert requirement.specifier.contains(pins[other], prereleases=True), (
-                    f"{name}=={version} requires {requirement}, binder pins {other}=={pins[other]}")
+                    f"{name}=={version} requires {requirement}, binder pins {other}=={pins[other]}"
+                )
     assert checked > 0, "no pinned version is installed here: nothing was cross-checked"
 
 

@@ -84,8 +84,11 @@ def test_build_loads_every_demo_with_progress(monkeypatch):
     import hessview.demos
 
     calls = []
-    monkeypatch.setattr(hessview.demos, "load_demo",
-                        lambda name, *, progress=True, rebuild=False: calls.append((name, progress, rebuild)))
+    monkeypatch.setattr(
+        hessview.demos,
+        "load_demo",
+        lambda name, *, progress=True, rebuild=False: calls.append((name, progress, rebuild)),
+    )
     assert cli.main(["build"]) == 0
     assert calls == [(name, True, False) for name in cli.DEMOS]
     calls.clear()
@@ -119,7 +122,10 @@ def test_app_serves_the_explorer_on_localhost(demo_cache):
     port = cli.free_port(18866)
     server = subprocess.Popen(
         [sys.executable, "-m", "hessview.cli", "app", "fermi-hubbard", "--no-browser", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
     )
     try:

@@ -24,16 +24,25 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 DEMO = "fermi-hubbard"
 K = 5  # the explorer's default
 N_RESAMPLES = 200  # the explorer's default
 
 if not CHROMIUM.exists():
-    pytest.skip("/usr/bin/chromium does not exist: install Debian's chromium package "
-                "(apt-get install chromium) to run the browser tests", allow_module_level=True)
+    pytest.skip(
+        "/usr/bin/chromium does not exist: install Debian's chromium package "
+        "(apt-get install chromium) to run the browser tests",
+        allow_module_level=True,
+    )
 
 # Every panel reports the test index it shows; true once they all show ``index``.
 ALL_PANELS_SHOW = """(index) => {
@@ -114,9 +123,14 @@ def app_url(demo, tmp_path_factory):
     log = (tmp_path_factory.mktemp("voila") / "voila.log").open("w")
     server = subprocess.Popen(
         cli.voila_command(cli.app_notebook(), port, open_browser=False),
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        env=dict(os.environ, HESSVIEW_DEMO=DEMO,
-                 PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=dict(
+            os.environ,
+            HESSVIEW_DEMO=DEMO,
+            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        ),
     )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -133,8 +147,11 @@ def page(app_url, tmp_path_factory):
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=str(CHROMIUM),
-            args=CHROMIUM_ARGS, headless=True, viewport={"width": 1400, "height": 1700},
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
+            viewport={"width": 1400, "height": 1700},
         )
         page = context.new_page()
         page.goto(app_url, timeout=180_000)

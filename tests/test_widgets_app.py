@@ -11,8 +11,7 @@ import torch
 from support import train_model
 from torch import nn
 
-import hessview.demos
-from hessview import HessianToolbox
+from hessview import HessianToolbox, demos
 from hessview.widgets import app
 
 
@@ -23,17 +22,25 @@ def small_demo():
     X = torch.stack([x, 0.2 * torch.randn(30, dtype=torch.float64)], 1)
     y = (x > 1.5).long()
     y[[12, 17]] = 1 - y[[12, 17]]
-    model = train_model(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2)), X, y,
-                        weight_decay=0.01)
+    model = train_model(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 2)), X, y, weight_decay=0.01)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tb = HessianToolbox(model, X, y, weight_decay=0.01, progress=False).fit()
     x_test = torch.linspace(0.05, 4, 9, dtype=torch.float64)
     X_test = torch.stack([x_test, torch.zeros(9, dtype=torch.float64)], 1)
     return types.SimpleNamespace(
-        toolbox=tb, model=model, X_test=X_test, y_test=(x_test > 1.5).long(), x=x_test.numpy(),
-        x_label="g", train_x=x.numpy(), name="small", title="Small demo", render="1d",
-        class_names=["A", "B"])
+        toolbox=tb,
+        model=model,
+        X_test=X_test,
+        y_test=(x_test > 1.5).long(),
+        x=x_test.numpy(),
+        x_label="g",
+        train_x=x.numpy(),
+        name="small",
+        title="Small demo",
+        render="1d",
+        class_names=["A", "B"],
+    )
 
 
 @pytest.fixture
@@ -45,7 +52,7 @@ def served(small_demo, monkeypatch, tmp_path):
         requested.append(name)
         return small_demo
 
-    monkeypatch.setattr(hessview.demos, "load_demo", load_demo)
+    monkeypatch.setattr(demos, "load_demo", load_demo)
     return requested
 
 
@@ -55,9 +62,11 @@ def test_demo_explorer_shows_the_demo(served, small_demo, monkeypatch):
     explorer = app.demo_explorer(n_resamples=20, k=2)
     assert served == ["ising"]
     explorer.select(4)
-    np.testing.assert_allclose(explorer.influence.points.y,
-                               small_demo.toolbox.influence(small_demo.X_test, small_demo.y_test)[4],
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        explorer.influence.points.y,
+        small_demo.toolbox.influence(small_demo.X_test, small_demo.y_test)[4],
+        rtol=1e-12,
+    )
     assert explorer.k_slider.value == 2
     assert "Small demo" in explorer.header.children[0].value
 
@@ -80,8 +89,18 @@ def test_results_are_cached_and_reused_without_the_toolbox(served, small_demo, m
     for method in ("influence", "relatif", "uncertainty", "extrapolation", "predict"):
         monkeypatch.setattr(small_demo.toolbox, method, refuse)
     again = app.demo_explorer("small", n_resamples=20)
-    for field in ("influence", "relatif", "uncertainty_mean", "uncertainty_upper", "extrapolation_score",
-                  "extrapolation_flag", "eigenvalues", "x", "train_x", "y_train"):
+    for field in (
+        "influence",
+        "relatif",
+        "uncertainty_mean",
+        "uncertainty_upper",
+        "extrapolation_score",
+        "extrapolation_flag",
+        "eigenvalues",
+        "x",
+        "train_x",
+        "y_train",
+    ):
         np.testing.assert_array_equal(getattr(again.results, field), getattr(first.results, field))
     assert again.results.extrapolation_threshold == first.results.extrapolation_threshold
     assert again.results.damping == first.results.damping

@@ -72,14 +72,19 @@ def demo_results(name: str, demo, *, n_resamples: int = 200, seed: int = 0) -> E
         except (OSError, ValueError):
             pass  # unreadable or from an older layout: compute again below
     results = ExplorerResults.from_toolbox(
-        demo.toolbox, demo.X_test, demo.y_test, x=demo.x, train_x=demo.train_x,
-        n_resamples=n_resamples, seed=seed)
+        demo.toolbox,
+        demo.X_test,
+        demo.y_test,
+        x=demo.x,
+        train_x=demo.train_x,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
     results.save(path)
     return results
 
 
-def demo_explorer(name: str | None = None, *, n_resamples: int = 200, seed: int = 0,
-                  **kwargs) -> Explorer:
+def demo_explorer(name: str | None = None, *, n_resamples: int = 200, seed: int = 0, **kwargs) -> Explorer:
     """Load a cached demo (building it on first use) and return its explorer.
 
     The explorer's precomputed results are cached too (see :func:`results_path`), so a restart

@@ -28,7 +28,14 @@ from hessview.widgets.state import ExplorerState
 logger = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
-    "test_index", "role", "rank", "train_index", "train_x", "train_label", "influence", "relatif",
+    "test_index",
+    "role",
+    "rank",
+    "train_index",
+    "train_x",
+    "train_label",
+    "influence",
+    "relatif",
 )
 MAX_K = 10
 
@@ -56,9 +63,25 @@ class Explorer(widgets.AppLayout):
         main, influence, gallery, detail, spectrum: the views.
     """
 
-    def __init__(self, toolbox, X_test, y_test=None, *, x=None, x_label=None, train_x=None,
-                 render=None, k: int = 5, n_resamples: int = 200, seed: int = 0,
-                 class_names=None, X_train=None, y_train=None, results=None, title=None):
+    def __init__(
+        self,
+        toolbox,
+        X_test,
+        y_test=None,
+        *,
+        x=None,
+        x_label=None,
+        train_x=None,
+        render=None,
+        k: int = 5,
+        n_resamples: int = 200,
+        seed: int = 0,
+        class_names=None,
+        X_train=None,
+        y_train=None,
+        results=None,
+        title=None,
+    ):
         # Cheap checks first: the precomputation below queries the toolbox for every test point.
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
@@ -69,8 +92,7 @@ class Explorer(widgets.AppLayout):
             raise ValueError("the toolbox has no X_train: pass X_train= to draw the gallery")
         n_train = results.n_train if results is not None else int(toolbox.n_train)
         if len(X_train) != n_train:
-            raise ValueError(f"X_train has {len(X_train)} rows but the toolbox has "
-                             f"{n_train} training points")
+            raise ValueError(f"X_train has {len(X_train)} rows but the toolbox has {n_train} training points")
         if not 1 <= k <= min(MAX_K, n_train):
             raise ValueError(f"k must be between 1 and {min(MAX_K, n_train)}, got {k}")
         renderer = make_renderer(render, tuple(X_train.shape[1:]))
@@ -78,26 +100,41 @@ class Explorer(widgets.AppLayout):
             class_names = [str(name) for name in class_names]
             n_classes = results.n_classes if results is not None else toolbox.n_classes
             if n_classes is not None and len(class_names) != n_classes:
-                raise ValueError(f"class_names has {len(class_names)} names but the model has "
-                                 f"{n_classes} classes")
+                raise ValueError(
+                    f"class_names has {len(class_names)} names but the model has {n_classes} classes"
+                )
         if results is None:
             results = ExplorerResults.from_toolbox(
-                toolbox, X_test, y_test, x=x, train_x=train_x, y_train=y_train,
-                n_resamples=n_resamples, seed=seed)
+                toolbox,
+                X_test,
+                y_test,
+                x=x,
+                train_x=train_x,
+                y_train=y_train,
+                n_resamples=n_resamples,
+                seed=seed,
+            )
         self.results = results
         self.class_names = class_names
         self.x_label = x_label or ("control parameter" if x is not None else "test point index")
-        self.train_x_label = x_label if train_x is not None and x_label else (
-            "control parameter" if train_x is not None else "training point index")
+        self.train_x_label = (
+            x_label
+            if train_x is not None and x_label
+            else ("control parameter" if train_x is not None else "training point index")
+        )
         self.state = ExplorerState(results.n_test, k=int(k))
         self._order = np.argsort(results.x, kind="stable")
 
-        self.main = MainView(results, x_label=self.x_label, y_label=self._y_label(),
-                             on_select=self._select)
+        self.main = MainView(results, x_label=self.x_label, y_label=self._y_label(), on_select=self._select)
         self.influence = InfluenceView(results, train_x_label=self.train_x_label)
-        self.gallery = GalleryView(results, X_train, renderer,
-                                   max_k=min(MAX_K, results.n_train),
-                                   train_x_label=self.train_x_label, class_names=class_names)
+        self.gallery = GalleryView(
+            results,
+            X_train,
+            renderer,
+            max_k=min(MAX_K, results.n_train),
+            train_x_label=self.train_x_label,
+            class_names=class_names,
+        )
         self.detail = DetailView(results, x_label=self.x_label, class_names=class_names)
         self.spectrum = SpectrumView(results)
         self.status = widgets.HTML()
@@ -107,8 +144,9 @@ class Explorer(widgets.AppLayout):
         controls = self._controls()
 
         super().__init__(
-            header=widgets.VBox([widgets.HTML(f"<h3 style='margin:4px 0'>{title or 'hessview'}</h3>"),
-                                 controls, self.status]),
+            header=widgets.VBox(
+                [widgets.HTML(f"<h3 style='margin:4px 0'>{title or 'hessview'}</h3>"), controls, self.status]
+            ),
             center=widgets.VBox([self.main.widget, self.influence.widget]),
             right_sidebar=widgets.VBox([self.detail.widget, self.spectrum.widget]),
             footer=self.gallery.widget,
@@ -125,23 +163,32 @@ class Explorer(widgets.AppLayout):
 
     # ---------------------------------------------------------------- wiring
     def _controls(self) -> widgets.HBox:
-        self.previous_button = widgets.Button(description="previous", icon="arrow-left",
-                                              tooltip="test point to the left")
-        self.next_button = widgets.Button(description="next", icon="arrow-right",
-                                          tooltip="test point to the right")
+        self.previous_button = widgets.Button(
+            description="previous", icon="arrow-left", tooltip="test point to the left"
+        )
+        self.next_button = widgets.Button(
+            description="next", icon="arrow-right", tooltip="test point to the right"
+        )
         self.previous_button.on_click(lambda _: self.step(-1))
         self.next_button.on_click(lambda _: self.step(+1))
         self.kind_toggle = widgets.ToggleButtons(
-            options=[("influence", "influence"), ("RelatIF", "relatif")], value=self.state.kind,
-            tooltips=["Koh & Liang influence", "relative influence (RelatIF)"])
-        self.k_slider = widgets.IntSlider(value=self.state.k, min=1,
-                                          max=min(MAX_K, self.results.n_train),
-                                          description="top k", continuous_update=False)
+            options=[("influence", "influence"), ("RelatIF", "relatif")],
+            value=self.state.kind,
+            tooltips=["Koh & Liang influence", "relative influence (RelatIF)"],
+        )
+        self.k_slider = widgets.IntSlider(
+            value=self.state.k,
+            min=1,
+            max=min(MAX_K, self.results.n_train),
+            description="top k",
+            continuous_update=False,
+        )
         traitlets.link((self.kind_toggle, "value"), (self.state, "kind"))
         traitlets.link((self.k_slider, "value"), (self.state, "k"))
-        return widgets.HBox([self.previous_button, self.next_button, self.kind_toggle,
-                             self.k_slider, self.export_link],
-                            layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        return widgets.HBox(
+            [self.previous_button, self.next_button, self.kind_toggle, self.k_slider, self.export_link],
+            layout=widgets.Layout(flex_flow="row wrap", align_items="center"),
+        )
 
     def _y_label(self) -> str:
         if not self.results.is_classification:
@@ -195,12 +242,19 @@ class Explorer(widgets.AppLayout):
                 failures.append(f"{name}: {type(error).__name__}: {error}")
         s = self.state
         if failures:
-            s.status = ("Could not update the " + "; ".join(failures)
-                        + ". The other panels show test point #" + str(s.index) + ".")
+            s.status = (
+                "Could not update the "
+                + "; ".join(failures)
+                + ". The other panels show test point #"
+                + str(s.index)
+                + "."
+            )
         else:
-            s.status = (f"Test point #{s.index} selected ({self.x_label} = "
-                        f"{self.results.x[s.index]:.4g}); showing the top {s.k} by "
-                        f"{'influence' if s.kind == 'influence' else 'RelatIF'}.")
+            s.status = (
+                f"Test point #{s.index} selected ({self.x_label} = "
+                f"{self.results.x[s.index]:.4g}); showing the top {s.k} by "
+                f"{'influence' if s.kind == 'influence' else 'RelatIF'}."
+            )
 
     def _status_changed(self, change) -> None:
         failed = change["new"].startswith("Could not")
@@ -219,7 +273,8 @@ class Explorer(widgets.AppLayout):
         self.export_link.value = (
             f'<a download="hessview-test-{s.index}-top{s.k}.csv" '
             f'href="data:text/csv;base64,{payload}" class="jupyter-button" '
-            'style="padding:4px 10px;text-decoration:none">Export top-k (CSV)</a>')
+            'style="padding:4px 10px;text-decoration:none">Export top-k (CSV)</a>'
+        )
 
     # ---------------------------------------------------------------- public
     def select(self, index: int) -> None:
@@ -237,13 +292,18 @@ class Explorer(widgets.AppLayout):
         for role, chosen in zip(("helpful", "harmful"), r.top_k(s.index, s.k, s.kind), strict=True):
             for rank, train in enumerate(chosen.tolist(), start=1):
                 label = None if r.y_train is None else r.y_train[train]
-                rows.append({
-                    "test_index": s.index, "role": role, "rank": rank, "train_index": train,
-                    "train_x": float(r.train_x[train]),
-                    "train_label": "" if label is None else label_text(label, self.class_names),
-                    "influence": float(r.influence[s.index, train]),
-                    "relatif": float(r.relatif[s.index, train]),
-                })
+                rows.append(
+                    {
+                        "test_index": s.index,
+                        "role": role,
+                        "rank": rank,
+                        "train_index": train,
+                        "train_x": float(r.train_x[train]),
+                        "train_label": "" if label is None else label_text(label, self.class_names),
+                        "influence": float(r.influence[s.index, train]),
+                        "relatif": float(r.relatif[s.index, train]),
+                    }
+                )
         return rows
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
@@ -262,4 +322,3 @@ class Explorer(widgets.AppLayout):
             with atomic_path(path) as tmp:
                 tmp.write_text(text)
         return text
-

@@ -36,8 +36,16 @@ class GalleryView:
     ``max_k`` cards per side are made once; a selection fills the first ``k`` and hides the rest.
     """
 
-    def __init__(self, results: ExplorerResults, X_train, renderer: Renderer, *, max_k: int,
-                 train_x_label: str, class_names: list[str] | None):
+    def __init__(
+        self,
+        results: ExplorerResults,
+        X_train,
+        renderer: Renderer,
+        *,
+        max_k: int,
+        train_x_label: str,
+        class_names: list[str] | None,
+    ):
         self.results = results
         self.X_train = X_train
         self.renderer = renderer
@@ -47,8 +55,9 @@ class GalleryView:
         self.headings = {role: widgets.HTML() for role in ("helpful", "harmful")}
         rows = []
         for role in ("helpful", "harmful"):
-            row = widgets.HBox([card for card, _, _ in self.cards[role]],
-                               layout=widgets.Layout(flex_flow="row wrap"))
+            row = widgets.HBox(
+                [card for card, _, _ in self.cards[role]], layout=widgets.Layout(flex_flow="row wrap")
+            )
             row.add_class(f"hv-gallery-{role}")
             rows += [self.headings[role], row]
         self.widget = widgets.VBox(rows)
@@ -72,9 +81,9 @@ class GalleryView:
         first_error = None
         for role, chosen in zip(("helpful", "harmful"), self.results.top_k(index, k, kind), strict=True):
             heading = (
-                f"<b>{len(chosen)} most {role} training points</b> for test point #{index} "
-                f"(by {name})" if len(chosen) else
-                f"<b>No {role} training point</b> for test point #{index}: every {name} score is "
+                f"<b>{len(chosen)} most {role} training points</b> for test point #{index} (by {name})"
+                if len(chosen)
+                else f"<b>No {role} training point</b> for test point #{index}: every {name} score is "
                 f"{'&le;' if role == 'helpful' else '&ge;'} 0"
             )
             self.headings[role].value = f'<span data-test-index="{index}">{heading}</span>'
@@ -118,20 +127,31 @@ class DetailView:
             if results.is_classification
             else ["value"]
         )
-        self.interval_scale = bq.LinearScale(min=0.0, max=1.0) if results.is_classification \
-            else bq.LinearScale()
+        self.interval_scale = (
+            bq.LinearScale(min=0.0, max=1.0) if results.is_classification else bq.LinearScale()
+        )
         xy = {"x": bq.LinearScale(min=-0.5, max=n_rows - 0.5), "y": self.interval_scale}
-        self.interval_lines = bq.Lines(x=np.zeros((n_rows, 2)), y=np.zeros((n_rows, 2)),
-                                       scales=xy, colors=["#555555"], stroke_width=3)
-        self.means = bq.Scatter(x=np.arange(n_rows, dtype=np.float64), y=np.zeros(n_rows),
-                                scales=xy, colors=["black"], default_size=40)
+        self.interval_lines = bq.Lines(
+            x=np.zeros((n_rows, 2)), y=np.zeros((n_rows, 2)), scales=xy, colors=["#555555"], stroke_width=3
+        )
+        self.means = bq.Scatter(
+            x=np.arange(n_rows, dtype=np.float64),
+            y=np.zeros(n_rows),
+            scales=xy,
+            colors=["black"],
+            default_size=40,
+        )
         axes = [
-            bq.Axis(scale=xy["x"], tick_values=np.arange(n_rows),
-                    tick_labels={str(c): name for c, name in enumerate(self.row_names)}),
+            bq.Axis(
+                scale=xy["x"],
+                tick_values=np.arange(n_rows),
+                tick_labels={str(c): name for c, name in enumerate(self.row_names)},
+            ),
             bq.Axis(scale=self.interval_scale, side="left", tick_format=".2f"),
         ]
         self.interval_figure = bq.Figure(
-            marks=[self.interval_lines, self.means], axes=axes,
+            marks=[self.interval_lines, self.means],
+            axes=axes,
             title=f"Resampling uncertainty (RUE, {results.level:.0%} interval)",
             fig_margin={"top": 35, "bottom": 30, "left": 45, "right": 10},
             layout=widgets.Layout(width="100%", height="200px"),
@@ -145,9 +165,16 @@ class DetailView:
 
     def _rows(self, index: int) -> tuple[np.ndarray, ...]:
         r = self.results
-        return tuple(np.atleast_1d(a[index]) for a in (
-            r.prediction, r.uncertainty_mean, r.uncertainty_std, r.uncertainty_lower,
-            r.uncertainty_upper))
+        return tuple(
+            np.atleast_1d(a[index])
+            for a in (
+                r.prediction,
+                r.uncertainty_mean,
+                r.uncertainty_std,
+                r.uncertainty_lower,
+                r.uncertainty_upper,
+            )
+        )
 
     def show(self, index: int) -> None:
         """Fill the panel for test point ``index``."""
@@ -175,8 +202,13 @@ class DetailView:
 
     def _summary(self, index: int, prediction: np.ndarray) -> str:
         r = self.results
-        truth = "" if r.y_test is None else (
-            f"true label: <b>{html.escape(label_text(r.y_test[index], self.class_names))}</b> &middot; ")
+        truth = (
+            ""
+            if r.y_test is None
+            else (
+                f"true label: <b>{html.escape(label_text(r.y_test[index], self.class_names))}</b> &middot; "
+            )
+        )
         if r.is_classification:
             predicted = int(np.argmax(prediction))
             name = label_text(predicted, self.class_names or [f"class {c}" for c in range(len(prediction))])
@@ -193,8 +225,10 @@ class DetailView:
         score, threshold = r.extrapolation_score[index], r.extrapolation_threshold
         flagged = bool(r.extrapolation_flag[index])
         if flagged:
-            words = ("Extrapolation: this input lies outside what the training data constrain, "
-                     "so do not trust this prediction without checking.")
+            words = (
+                "Extrapolation: this input lies outside what the training data constrain, "
+                "so do not trust this prediction without checking."
+            )
             colour = EXTRAPOLATION
         else:
             words = "Within the training data: the model is interpolating here."
@@ -205,6 +239,6 @@ class DetailView:
             f'data-score="{float(score)!r}" '
             f'data-threshold="{float(threshold)!r}" style="border-left:6px solid {colour};'
             f'padding:4px 8px;background:#f7f7f7"><b style="color:{colour}">'
-            f'{"EXTRAPOLATION" if flagged else "IN DISTRIBUTION"}</b><br>{words}<br>'
+            f"{'EXTRAPOLATION' if flagged else 'IN DISTRIBUTION'}</b><br>{words}<br>"
             f"score {score:.3g} {comparison} threshold {threshold:.3g}</div>"
         )

@@ -93,8 +93,9 @@ class MainView:
                 labels=["test point", x_label, y_label],
             ),
         )
-        self.cursor = bq.Lines(x=[x[0], x[0]], y=y_range, scales=xy, colors=["black"],
-                               line_style="dashed", stroke_width=1)
+        self.cursor = bq.Lines(
+            x=[x[0], x[0]], y=y_range, scales=xy, colors=["black"], line_style="dashed", stroke_width=1
+        )
         axes = [
             bq.Axis(scale=self.x_scale, label=x_label),
             bq.Axis(scale=self.y_scale, label=y_label, side="left"),
@@ -147,19 +148,31 @@ class InfluenceView:
             default_size=14,
             stroke=None,
             interactions={"hover": "tooltip"},
-            tooltip=bq.Tooltip(fields=["index", "x", "y"], formats=["", ".4g", ".3g"],
-                               labels=["training point", train_x_label, "score"]),
+            tooltip=bq.Tooltip(
+                fields=["index", "x", "y"],
+                formats=["", ".4g", ".3g"],
+                labels=["training point", train_x_label, "score"],
+            ),
         )
         self.top = bq.Scatter(
-            x=np.zeros(0), y=np.zeros(0), scales=xy, default_size=110, fill=False,
-            colors=["black"], stroke_width=1.5,
+            x=np.zeros(0),
+            y=np.zeros(0),
+            scales=xy,
+            default_size=110,
+            fill=False,
+            colors=["black"],
+            stroke_width=1.5,
         )
         self.zero = bq.Lines(
-            x=[results.train_x.min(), results.train_x.max()], y=[0.0, 0.0], scales=xy,
-            colors=["#666666"], stroke_width=1,
+            x=[results.train_x.min(), results.train_x.max()],
+            y=[0.0, 0.0],
+            scales=xy,
+            colors=["#666666"],
+            stroke_width=1,
         )
-        self.y_axis = bq.Axis(scale=self.y_scale, label="influence", side="left",
-                              tick_format=".1e", label_offset="55px")
+        self.y_axis = bq.Axis(
+            scale=self.y_scale, label="influence", side="left", tick_format=".1e", label_offset="55px"
+        )
         axes = [bq.Axis(scale=self.x_scale, label=train_x_label), self.y_axis]
         self.figure = _figure([self.zero, self.points, self.top], axes, "", "300px")
         self.widget = widgets.VBox([self.figure, bq.Toolbar(figure=self.figure)])
@@ -202,15 +215,29 @@ class SpectrumView:
         log_abs = log_abs_eigenvalues(eigenvalues)
         negative = eigenvalues < 0
         xy = {"x": bq.LinearScale(), "y": bq.LinearScale()}
-        self.positive = bq.Scatter(x=rank[~negative], y=log_abs[~negative], scales=xy,
-                                   colors=[HELPFUL], default_size=8, stroke=None)
-        self.negative = bq.Scatter(x=rank[negative], y=log_abs[negative], scales=xy,
-                                   colors=[HARMFUL], marker="cross", default_size=24)
+        self.positive = bq.Scatter(
+            x=rank[~negative], y=log_abs[~negative], scales=xy, colors=[HELPFUL], default_size=8, stroke=None
+        )
+        self.negative = bq.Scatter(
+            x=rank[negative],
+            y=log_abs[negative],
+            scales=xy,
+            colors=[HARMFUL],
+            marker="cross",
+            default_size=24,
+        )
         marks = [self.positive, self.negative]
         if results.damping > 0:
             level = np.log10(results.damping)
-            marks.append(bq.Lines(x=[0.0, max(rank[-1], 1.0)], y=[level, level], scales=xy,
-                                  colors=["black"], line_style="dashed"))
+            marks.append(
+                bq.Lines(
+                    x=[0.0, max(rank[-1], 1.0)],
+                    y=[level, level],
+                    scales=xy,
+                    colors=["black"],
+                    line_style="dashed",
+                )
+            )
         axes = [
             bq.Axis(scale=xy["x"], label="eigenvalue rank (ascending)"),
             bq.Axis(scale=xy["y"], label="log10 |lambda|", side="left"),

@@ -104,9 +104,7 @@ class CallableRenderer(Renderer):
         """Call the user's function and show what it returns."""
         shown = self.function(example)
         if not isinstance(shown, widgets.Widget):
-            raise TypeError(
-                f"a user renderer must return an ipywidgets Widget, got {type(shown).__name__}"
-            )
+            raise TypeError(f"a user renderer must return an ipywidgets Widget, got {type(shown).__name__}")
         view.children = (shown,)
 
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from hessview._io import atomic_path
-
 from hessview.widgets.state import SCORE_KINDS
 
 
@@ -112,9 +111,7 @@ class ExplorerResults:
         n_train = int(toolbox.n_train)
         if y_train is None:
             y_train = getattr(toolbox, "y_train", None)
-        uncertainty = toolbox.uncertainty(
-            X_test, y_test, n_resamples=n_resamples, seed=seed, level=level
-        )
+        uncertainty = toolbox.uncertainty(X_test, y_test, n_resamples=n_resamples, seed=seed, level=level)
         extrapolation = toolbox.extrapolation(X_test)
         return cls(
             x=_control_parameter(x, n_test, "x"),
@@ -166,8 +163,11 @@ class ExplorerResults:
                     continue
                 value = data[field.name]
                 values[field.name] = value.item() if value.ndim == 0 else value
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if values[f.name] is None and f.name not in ("y_test", "y_train")]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if values[f.name] is None and f.name not in ("y_test", "y_train")
+        ]
         if missing:
             raise ValueError(f"{path} lacks the fields {missing}: not an ExplorerResults file")
         return cls(**values)
@@ -239,9 +239,7 @@ class ExplorerResults:
                 self.uncertainty_upper.reshape(-1),
             )
         cls = self.plotted_class()
-        column = (
-            np.full(self.n_test, cls) if cls is not None else np.argmax(self.prediction, axis=1)
-        )
+        column = np.full(self.n_test, cls) if cls is not None else np.argmax(self.prediction, axis=1)
         rows = np.arange(self.n_test)
         return (
             self.prediction[rows, column],

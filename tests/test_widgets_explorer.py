@@ -208,6 +208,13 @@ def test_previous_and_next_walk_along_the_control_parameter(explorer, problem):
     assert_panels_show(explorer, problem, int(order[-2]))
 
 
+def test_typing_an_index_selects_it(explorer, problem):
+    explorer.index_box.value = 9
+    assert_panels_show(explorer, problem, 9)
+    explorer.select(3)
+    assert explorer.index_box.value == 3
+
+
 def test_k_slider_changes_gallery_and_highlight(explorer, problem):
     i = int(np.argmax((problem["truth"]["influence"] < 0).sum(1)))
     explorer.select(i)

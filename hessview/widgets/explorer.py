@@ -185,8 +185,23 @@ class Explorer(widgets.AppLayout):
         )
         traitlets.link((self.kind_toggle, "value"), (self.state, "kind"))
         traitlets.link((self.k_slider, "value"), (self.state, "k"))
+        self.index_box = widgets.BoundedIntText(
+            value=self.state.index,
+            min=0,
+            max=self.results.n_test - 1,
+            description="test #",
+            layout=widgets.Layout(width="140px"),
+        )
+        traitlets.link((self.index_box, "value"), (self.state, "index"))
         return widgets.HBox(
-            [self.previous_button, self.next_button, self.kind_toggle, self.k_slider, self.export_link],
+            [
+                self.previous_button,
+                self.next_button,
+                self.index_box,
+                self.kind_toggle,
+                self.k_slider,
+                self.export_link,
+            ],
             layout=widgets.Layout(flex_flow="row wrap", align_items="center"),
         )
 

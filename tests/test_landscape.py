@@ -128,8 +128,9 @@ def test_minima_are_true_minima(connected):
 def steepest_descent_end(ref, start, steps=20000, lr=0.5):
     """Plain gradient descent with autograd, independent of the quench code."""
     t = torch.tensor(start, requires_grad=True)
-    optimiser = torch.optim.LBFGS([t], lr=lr, max_iter=steps, tolerance_grad=1e-12,
-                                  tolerance_change=0, line_search_fn="strong_wolfe")
+    optimiser = torch.optim.LBFGS(
+        [t], lr=lr, max_iter=steps, tolerance_grad=1e-12, tolerance_change=0, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         optimiser.zero_grad()
@@ -151,9 +152,7 @@ def test_transition_states_have_one_negative_eigenvalue_and_join_their_minima(co
         assert float(g.norm()) < 1e-8
         eigenvalues, vectors = np.linalg.eigh(torch.func.hessian(ref)(torch.tensor(ts.coords)).numpy())
         assert (eigenvalues < 0).sum() == 1
-        ends = [
-            steepest_descent_end(ref, ts.coords + sign * 1e-3 * vectors[:, 0]) for sign in (1, -1)
-        ]
+        ends = [steepest_descent_end(ref, ts.coords + sign * 1e-3 * vectors[:, 0]) for sign in (1, -1)]
         joined = {ts.minimum1, ts.minimum2}
         assert len(joined) == 2
         reached = set()
@@ -252,8 +251,7 @@ def test_occupation_probabilities_follow_the_harmonic_formula(connected):
     temperature = 0.02
     p = land.occupation_probabilities(temperature)
     weights = {
-        m.id: np.exp(-(m.loss - land.global_minimum.loss) / temperature)
-        / np.sqrt(np.prod(m.eigenvalues))
+        m.id: np.exp(-(m.loss - land.global_minimum.loss) / temperature) / np.sqrt(np.prod(m.eigenvalues))
         for m in land.minima
     }
     total = sum(weights.values())
@@ -332,7 +330,11 @@ def test_empty_landscape_queries_explain_themselves():
     X, y = xor_data()
     land = Landscape(X, y, hidden=2)
     assert land.basins() == {} and land.minima == [] and land.transition_states == []
-    for query in (land.feature_relevance, lambda: land.disconnectivity_graph(5),
-                  lambda: land.occupation_probabilities(1.0), lambda: land.global_minimum):
+    for query in (
+        land.feature_relevance,
+        lambda: land.disconnectivity_graph(5),
+        lambda: land.occupation_probabilities(1.0),
+        lambda: land.global_minimum,
+    ):
         with pytest.raises(ValueError, match="explore"):
             query()

@@ -75,7 +75,10 @@ def test_hand_made_graph_at_chosen_levels():
     assert set(graph.superbasins(0)) == {frozenset({1}), frozenset({5}), frozenset({3})}
     assert set(graph.superbasins(1)) == {frozenset({m}) for m in (1, 5, 6, 7)} | {frozenset({2, 3})}
     assert set(graph.superbasins(2)) == {
-        frozenset({1, 2, 3}), frozenset({5, 6}), frozenset({7}), frozenset({4})
+        frozenset({1, 2, 3}),
+        frozenset({5, 6}),
+        frozenset({7}),
+        frozenset({4}),
     }
     assert set(graph.superbasins(3)) == {frozenset({1, 2, 3, 4, 5, 6}), frozenset({7})}
 
@@ -104,7 +107,13 @@ def test_hand_made_basins():
     # 2's lower neighbours are 1 and 3: it steps to the lowest, 1. 4 steps to 3 (lower than 2),
     # 3 has no lower neighbour. 6 -> 5 -> 1. 7 has no neighbours.
     assert monotonic_sequence_basins(HAND_MADE_MINIMA, HAND_MADE_TS) == {
-        1: 1, 2: 1, 3: 3, 4: 3, 5: 1, 6: 1, 7: 7
+        1: 1,
+        2: 1,
+        3: 3,
+        4: 3,
+        5: 1,
+        6: 1,
+        7: 7,
     }
 
 

@@ -26,7 +26,7 @@ _STEP_KEY = "basin_hopping_step"
 _CURRENT_KEY = "basin_hopping_current"
 
 
-def _start(landscape: Landscape) -> int:
+def _start(landscape: Landscape, callback) -> int:
     """Quench a random starting point (step 0) and store it as the current minimum."""
     rng = np.random.default_rng([landscape.seed, 0])
     scale = 1.0 / math.sqrt(landscape.network.n_inputs)
@@ -41,6 +41,8 @@ def _start(landscape: Landscape) -> int:
         minimum_id, _ = landscape._record_minimum(point)
         db.set_meta(_CURRENT_KEY, str(minimum_id))
         db.set_meta(_STEP_KEY, "1")
+    if callback is not None:
+        callback(0, db.minimum(minimum_id), True)
     return minimum_id
 
 
@@ -55,7 +57,7 @@ def run(
     """Run ``n_steps`` more basin-hopping steps on ``landscape``, resuming from its database."""
     db = landscape.db
     current_id = db.get_meta(_CURRENT_KEY)
-    current_id = _start(landscape) if current_id is None else int(current_id)
+    current_id = _start(landscape, callback) if current_id is None else int(current_id)
     current = db.minimum(current_id)
     step = int(db.get_meta(_STEP_KEY))
     for _ in tqdm(range(n_steps), desc="basin-hopping", disable=not progress):

@@ -118,8 +118,9 @@ class Landscape:
     ) -> Landscape:
         """Run ``n_steps`` more basin-hopping steps, storing every minimum found; returns ``self``.
 
-        ``callback(step, minimum, accepted)`` is called after each committed step. The chain resumes
-        from the database, so an interrupted run continues where it stopped.
+        ``callback(step, minimum, accepted)`` is called after each committed step (step 0 is the first
+        quench of a new chain; ``minimum`` is ``None`` when a quench found no true minimum). The chain
+        resumes from the database, so an interrupted run continues where it stopped.
         """
         if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 0:
             raise ValueError(f"n_steps must be a non-negative integer, got {n_steps!r}")

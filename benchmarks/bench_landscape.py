@@ -1,0 +1,215 @@
+"""Basin-hopping over a tanh network's weights: hessview vs scipy.optimize.basinhopping vs topsearch.
+
+Same network, data, loss (hessview's float64 torch loss and gradient), temperature and step size for
+every method; each run is timed from its first quench. Reported per method, as medians over seeds:
+
+* distinct minima found per second of wall time, counted afterwards by one rule for all methods
+  (losses within 1e-6 and coordinates within 1e-2 after alignment over hidden-unit permutations and
+  tanh sign flips);
+* the time until the run first reaches the lowest minimum known to any run (loss within 1e-6).
+
+hessview's quench is L-BFGS to |g| < 1e-7 and Newton steps to |g| < 1e-9 plus an exact Hessian per
+minimum (stored eigenvalues), and it writes every minimum to SQLite; scipy and topsearch stop at their
+L-BFGS tolerance (1e-7 here) and keep minima in memory.
+
+topsearch (PyPI 0.0.3) pins numpy<2 and pulls rdkit and ase; it is *not* installed into the project's
+environment. Install it beside it with ``pip install --no-deps --target /tmp/topsearch-pkgs topsearch
+nptyping`` and pass ``--topsearch /tmp/topsearch-pkgs``; the script then restores the numpy 1 aliases
+nptyping names and stubs the molecular modules (ase, rdkit) that its non-atomic basin-hopping never calls.
+
+Run:  .venv/bin/python benchmarks/bench_landscape.py --seeds 5 --steps 30 --topsearch /tmp/topsearch-pkgs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+import types
+
+import numpy as np
+import torch
+from scipy.optimize import basinhopping
+
+from hessview.landscape import Landscape
+from hessview.landscape.network import single_thread
+from hessview.landscape.symmetry import align
+
+HIDDEN, WEIGHT_DECAY, TEMPERATURE, STEP_SIZE = 3, 3e-3, 0.2, 2.0
+LBFGS_GTOL = 1e-7
+SAME_LOSS, SAME_COORDS = 1e-6, 1e-2
+
+
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(160, 6))
+    return X, (X[:, 1] ** 2 + X[:, 4] ** 2 < 1.4).astype(int)
+
+
+def start_point(land: Landscape, seed: int) -> np.ndarray:
+    """The same random start hessview's chain uses (step 0)."""
+    rng = np.random.default_rng([seed, 0])
+    return rng.normal(0.0, 1.0 / np.sqrt(land.network.n_inputs), land.network.n_params)
+
+
+def run_hessview(X, y, seed, n_steps):
+    land = Landscape(X, y, hidden=HIDDEN, weight_decay=WEIGHT_DECAY, seed=seed)
+    found = []
+    t0 = time.perf_counter()
+
+    def record(step, minimum, accepted):
+        if minimum is not None:
+            found.append((time.perf_counter() - t0, minimum.loss, minimum.coords))
+
+    land.explore(n_steps, temperature=TEMPERATURE, step_size=STEP_SIZE, callback=record,
+                 progress=False)
+    return time.perf_counter() - t0, found
+
+
+def run_scipy(X, y, seed, n_steps):
+    land = Landscape(X, y, hidden=HIDDEN, weight_decay=WEIGHT_DECAY, seed=seed)
+    found = []
+    t0 = time.perf_counter()
+
+    def record(x, f, accept):
+        found.append((time.perf_counter() - t0, float(f), np.array(x)))
+
+    with single_thread():
+        basinhopping(land.loss.value_and_gradient, start_point(land, seed), niter=n_steps,
+                     T=TEMPERATURE, stepsize=STEP_SIZE, callback=record, rng=seed,
+                     minimizer_kwargs={"method": "L-BFGS-B", "jac": True,
+                                       "options": {"gtol": LBFGS_GTOL}})
+    return time.perf_counter() - t0, found
+
+
+def import_topsearch(path):
+    """Import topsearch's basin-hopping from a --no-deps install, or return None with the reason."""
+    if path is None:
+        return None, "not run (pass --topsearch PATH)"
+    removed_in_numpy_2 = {"bool8": np.bool_, "object0": np.object_, "int0": np.intp,
+                          "uint0": np.uintp, "void0": np.void, "str0": np.str_, "bytes0": np.bytes_,
+                          "float_": np.float64, "complex_": np.complex128, "unicode_": np.str_,
+                          "string_": np.bytes_, "longfloat": np.longdouble, "cfloat": np.complex128,
+                          "clongfloat": np.clongdouble, "longcomplex": np.clongdouble,
+                          "singlecomplex": np.complex64}
+    for alias, target in removed_in_numpy_2.items():  # nptyping 2.5 still names these
+        if not hasattr(np, alias):
+            setattr(np, alias, target)
+    for name in ("ase", "ase.geometry", "ase.geometry.analysis", "ase.neighborlist",
+                 "ase.calculators", "ase.calculators.psi4", "rdkit", "rdkit.Chem"):
+        if name not in sys.modules:
+            stub = types.ModuleType(name)
+            stub.Analysis = stub.Atoms = stub.Psi4 = stub.AllChem = object
+            sys.modules[name] = stub
+    sys.path.insert(0, path)
+    try:
+        from topsearch.data.coordinates import StandardCoordinates
+        from topsearch.data.kinetic_transition_network import KineticTransitionNetwork
+        from topsearch.global_optimisation.basin_hopping import BasinHopping
+        from topsearch.global_optimisation.perturbations import StandardPerturbation
+        from topsearch.similarity.similarity import StandardSimilarity
+    except Exception as error:  # noqa: BLE001 - reported in the results table
+        return None, f"import failed: {type(error).__name__}: {error}"
+    return (StandardCoordinates, KineticTransitionNetwork, BasinHopping, StandardPerturbation,
+            StandardSimilarity), "ok"
+
+
+def run_topsearch(classes, X, y, seed, n_steps):
+    coordinates, network, hopping, perturbation, similarity_class = classes
+    land = Landscape(X, y, hidden=HIDDEN, weight_decay=WEIGHT_DECAY, seed=seed)
+    found = []
+    np.random.seed(seed)
+    random.seed(seed)
+
+    class Potential:
+        def function_gradient(self, position):
+            return land.loss.value_and_gradient(position)
+
+    class RecordingSimilarity(similarity_class):
+        def test_new_minimum(self, ktn, min_coords, min_energy):
+            found.append((time.perf_counter() - t0, float(min_energy),
+                          np.array(min_coords.position)))
+            super().test_new_minimum(ktn, min_coords, min_energy)
+
+    coords = coordinates(ndim=land.network.n_params, bounds=[(-50.0, 50.0)] * land.network.n_params)
+    coords.position = start_point(land, seed)
+    # topsearch displaces by (U[0,1) - 0.5) * max_displacement: twice our half-width gives U[-s, s]
+    runner = hopping(ktn=network(), potential=Potential(),
+                     similarity=RecordingSimilarity(SAME_COORDS, SAME_LOSS),
+                     step_taking=perturbation(max_displacement=2 * STEP_SIZE))
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch, single_thread():
+        os.chdir(scratch)  # topsearch writes a 'logfile' into the working directory
+        try:
+            t0 = time.perf_counter()
+            runner.run(coords, n_steps, conv_crit=LBFGS_GTOL, temperature=TEMPERATURE)
+            wall = time.perf_counter() - t0
+        finally:
+            os.chdir(here)
+    return wall, found
+
+
+def distinct(network, found):
+    kept = []
+    for _, loss, coords in found:
+        if not any(abs(loss - k_loss) < SAME_LOSS and align(network, k, coords)[1] < SAME_COORDS
+                   for k_loss, k in kept):
+            kept.append((loss, coords))
+    return len(kept)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--topsearch", default=None, help="folder of a --no-deps topsearch install")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    X, y = data()
+    network = Landscape(X, y, hidden=HIDDEN, weight_decay=WEIGHT_DECAY).network
+    classes, topsearch_status = import_topsearch(args.topsearch)
+    methods = {"hessview": run_hessview, "scipy.optimize.basinhopping": run_scipy}
+    if classes is not None:
+        methods["topsearch BasinHopping"] = lambda *a: run_topsearch(classes, *a)
+
+    for method in methods.values():  # warm-up: first-call costs (torch.func, imports) are not timed
+        method(X, y, 0, 1)
+    runs = {name: [] for name in methods}
+    for seed in range(args.seeds):
+        for name, method in methods.items():  # side by side: every method on each seed in turn
+            wall, found = method(X, y, seed, args.steps)
+            runs[name].append((wall, found))
+            print(f"seed {seed} {name}: {wall:.1f} s, {distinct(network, found)} distinct minima, "
+                  f"lowest {min(f[1] for f in found):.6f}", file=sys.stderr, flush=True)
+
+    lowest = min(f[1] for rs in runs.values() for _, found in rs for f in found)
+    print(f"network: {X.shape[1]}-{HIDDEN}-2 tanh, {network.n_params} weights, "
+          f"{len(X)} samples, weight decay {WEIGHT_DECAY}; T = {TEMPERATURE}, step = {STEP_SIZE}, "
+          f"{args.steps} steps, seeds 0..{args.seeds - 1}; lowest known minimum {lowest:.6f}")
+    print(f"topsearch: {topsearch_status}\n")
+    print("| method | wall s (median) | distinct minima (median) | minima / s (median) "
+          "| time to lowest known, s (median over seeds that reach it) | seeds reaching it |")
+    print("|---|---|---|---|---|---|")
+    rates = {}
+    for name, rs in runs.items():
+        walls = [w for w, _ in rs]
+        counts = [distinct(network, found) for _, found in rs]
+        rate = [c / w for c, w in zip(counts, walls, strict=True)]
+        rates[name] = float(np.median(rate))
+        reach = [next((t for t, loss, _ in found if loss <= lowest + SAME_LOSS), None)
+                 for _, found in rs]
+        reached = [t for t in reach if t is not None]
+        to_lowest = f"{np.median(reached):.2f}" if reached else "never"
+        print(f"| {name} | {np.median(walls):.1f} | {np.median(counts):.0f} | {rates[name]:.2f} "
+              f"| {to_lowest} | {len(reached)}/{len(rs)} |")
+    base = rates["hessview"]
+    print("\nminima/s ratio hessview : other = "
+          + ", ".join(f"{base / r:.2f} ({n})" for n, r in rates.items() if n != "hessview" and r))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

@@ -142,3 +142,43 @@ def test_occupation_probabilities_refuse_bad_temperature():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="temperature"):
             occupation_probabilities(np.zeros(2), np.zeros(2), bad)
+
+
+class DoubleWell:
+    """E(x, y) = (x^2 - 1)^2 + y^2 + 0.5 x y^2: minima at (+-1, 0), saddle at (0, 0) with Hessian
+    eigenvalues -4 (along x) and 2 (along y). Closed-form ground truth for the band and the refinement."""
+
+    @staticmethod
+    def value(p):
+        x, y = p[..., 0], p[..., 1]
+        return (x**2 - 1) ** 2 + y**2 + 0.5 * x * y**2
+
+    def value_and_gradient(self, p):
+        return float(self.value(p)), self.gradient(p)
+
+    def gradient(self, p):
+        x, y = p[..., 0], p[..., 1]
+        return np.stack([4 * x * (x**2 - 1) + 0.5 * y**2, 2 * y + x * y], axis=-1)
+
+    def batch_value_and_gradient(self, ps):
+        return self.value(ps), self.gradient(ps)
+
+    def hessian(self, p):
+        x, y = p
+        return np.array([[12 * x**2 - 4, y], [y, 2 + x]])
+
+
+def test_dneb_and_eigenvector_following_find_the_known_saddle():
+    from hessview.landscape.transition_states import band_maxima, descend, dneb, eigenvector_following
+
+    well = DoubleWell()
+    images, energies = dneb(well, np.array([-1.0, 0.0]), np.array([1.0, 0.0]), n_images=9)
+    (top,) = band_maxima(energies)
+    assert abs(images[top, 0]) < 0.15
+    # refine from a point pushed off the band: EF must walk back to the exact saddle
+    ts = eigenvector_following(well, images[top] + np.array([0.05, 0.3]), images[top + 1] - images[top - 1])
+    np.testing.assert_allclose(ts.coords, [0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(ts.eigenvalues, [-4.0, 2.0], atol=1e-8)
+    assert ts.n_negative == 1
+    ends = sorted(point.coords[0] for point in descend(well, ts))
+    np.testing.assert_allclose(ends, [-1.0, 1.0], atol=1e-9)

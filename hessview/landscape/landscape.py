@@ -68,8 +68,9 @@ class Landscape:
         hidden: number of tanh hidden units.
         weight_decay: L2 coefficient :math:`\\lambda` in :math:`L + \\lambda/2\\,\\lVert\\theta\\rVert^2`.
         seed: seed of the basin-hopping chain.
-        db: SQLite file to store minima and transition states in (resumed if it exists);
-            ``None`` keeps an in-memory database.
+        db: SQLite file to store minima and transition states in (resumed if it exists; a file made
+            with other data, network, weight decay or seed is refused); ``None`` keeps an in-memory
+            database.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -151,7 +152,8 @@ class Landscape:
             raise ValueError("the database holds no minima yet: call explore() first")
         return min(minima, key=lambda m: m.loss)
 
-    def _find(self, coords: np.ndarray, loss: float, candidates) -> int | None:
+    def _find(self, coords: np.ndarray, candidates) -> int | None:
+        """Id of the first candidate that is a symmetry copy of ``coords``, else ``None``."""
         for record in candidates:
             if align(self.network, record.coords, coords)[1] < DISTANCE_TOLERANCE:
                 return record.id
@@ -163,7 +165,7 @@ class Landscape:
         Call inside a transaction (``with self.db.connection:``).
         """
         window = (point.loss - ENERGY_TOLERANCE, point.loss + ENERGY_TOLERANCE)
-        known = self._find(point.coords, point.loss, self.db.minima(window))
+        known = self._find(point.coords, self.db.minima(window))
         if known is not None:
             self.db.add_hit(known)
             return known, False
@@ -178,7 +180,7 @@ class Landscape:
             if first == second:
                 return None
             window = (ts.loss - ENERGY_TOLERANCE, ts.loss + ENERGY_TOLERANCE)
-            if self._find(ts.coords, ts.loss, self.db.transition_states(window)) is not None:
+            if self._find(ts.coords, self.db.transition_states(window)) is not None:
                 return None
             coords = canonicalise(self.network, ts.coords)
             ts_id = self.db.add_transition_state(

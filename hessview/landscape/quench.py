@@ -21,13 +21,18 @@ NEGATIVE_TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class Stationary:
-    """A converged stationary point: coordinates, loss, gradient norm and ascending Hessian eigenpairs."""
+    """A point with its loss, gradient and ascending Hessian eigenpairs."""
 
     coords: np.ndarray
     loss: float
-    gradient_norm: float
+    gradient: np.ndarray
     eigenvalues: np.ndarray
     eigenvectors: np.ndarray
+
+    @property
+    def gradient_norm(self) -> float:
+        """Euclidean norm of the gradient."""
+        return float(np.linalg.norm(self.gradient))
 
     @property
     def n_negative(self) -> int:
@@ -44,10 +49,10 @@ class Stationary:
 
 
 def analyse(loss: RegularisedLoss, coords: np.ndarray) -> Stationary:
-    """Loss, gradient norm and Hessian eigen-decomposition at ``coords``."""
+    """Loss, gradient and Hessian eigen-decomposition at ``coords``."""
     value, grad = loss.value_and_gradient(coords)
     eigenvalues, eigenvectors = np.linalg.eigh(loss.hessian(coords))
-    return Stationary(coords, value, float(np.linalg.norm(grad)), eigenvalues, eigenvectors)
+    return Stationary(coords, value, grad, eigenvalues, eigenvectors)
 
 
 def newton_polish(loss: RegularisedLoss, coords: np.ndarray, gtol: float, max_steps: int = 8):
@@ -56,8 +61,7 @@ def newton_polish(loss: RegularisedLoss, coords: np.ndarray, gtol: float, max_st
     for _ in range(max_steps):
         if point.gradient_norm < gtol or point.n_negative or point.eigenvalues[0] <= 0:
             break
-        _, grad = loss.value_and_gradient(point.coords)
-        step = point.eigenvectors @ ((point.eigenvectors.T @ grad) / point.eigenvalues)
+        step = point.eigenvectors @ ((point.eigenvectors.T @ point.gradient) / point.eigenvalues)
         candidate = analyse(loss, point.coords - step)
         if candidate.gradient_norm >= point.gradient_norm:
             break

@@ -119,8 +119,7 @@ def eigenvector_following(
         overlaps = np.abs(point.eigenvectors.T @ direction)
         followed = int(np.argmax(overlaps)) if point.n_negative == 0 else 0
         direction = point.eigenvectors[:, followed]
-        _, grad = loss.value_and_gradient(coords)
-        g = point.eigenvectors.T @ grad
+        g = point.eigenvectors.T @ point.gradient
         b = np.where(np.abs(point.eigenvalues) > 1e-12, np.abs(point.eigenvalues), 1e-12)
         h = -2.0 * g / (b * (1.0 + np.sqrt(1.0 + 4.0 * g**2 / b**2)))
         h[followed] = -h[followed]

@@ -19,6 +19,9 @@ EXTRAPOLATION = "#ff7f0e"
 HELPFUL = "#1f77b4"
 HARMFUL = "#d62728"
 NEUTRAL = "#bdbdbd"
+# Hover tooltips make every redraw re-bind per-point handlers; past this many points a click's
+# redraw in the browser costs more than the tooltips are worth (the gallery names the top points).
+TOOLTIP_MAX_POINTS = 400
 _MARGIN = {"top": 40, "bottom": 45, "left": 75, "right": 15}
 
 
@@ -147,12 +150,7 @@ class InfluenceView:
             scales=dict(xy, color=sign_scale),
             default_size=14,
             stroke=None,
-            interactions={"hover": "tooltip"},
-            tooltip=bq.Tooltip(
-                fields=["index", "x", "y"],
-                formats=["", ".4g", ".3g"],
-                labels=["training point", train_x_label, "score"],
-            ),
+            **self._tooltip(results.n_train, train_x_label),
         )
         self.top = bq.Scatter(
             x=np.zeros(0),
@@ -177,6 +175,17 @@ class InfluenceView:
         self.figure = _figure([self.zero, self.points, self.top], axes, "", "300px")
         self.widget = widgets.VBox([self.figure, bq.Toolbar(figure=self.figure)])
         self.widget.add_class("hv-influence")
+
+    @staticmethod
+    def _tooltip(n_points: int, train_x_label: str) -> dict:
+        if n_points > TOOLTIP_MAX_POINTS:
+            return {"interactions": {}}
+        tooltip = bq.Tooltip(
+            fields=["index", "x", "y"],
+            formats=["", ".4g", ".3g"],
+            labels=["training point", train_x_label, "score"],
+        )
+        return {"interactions": {"hover": "tooltip"}, "tooltip": tooltip}
 
     def show(self, index: int, k: int, kind: str) -> None:
         """Plot the scores for test point ``index`` and circle its top ``k`` of each sign."""

@@ -129,8 +129,8 @@ def test_app_serves_the_explorer_on_localhost(demo_cache):
         env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])),
     )
     try:
-        first_line = server.stdout.readline()
-        assert f"http://127.0.0.1:{port}/" in first_line
+        lines = [server.stdout.readline() for _ in range(2)]  # "preparing ...", then "serving ..."
+        assert f"serving the 'fermi-hubbard' explorer at http://127.0.0.1:{port}/" in lines[1]
         deadline, page = time.monotonic() + 120, None
         while time.monotonic() < deadline and server.poll() is None:
             try:

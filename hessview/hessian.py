@@ -96,15 +96,22 @@ def flat_hessian(
     return (hessian + hessian.T) / 2
 
 
-def default_chunks(n_samples: int, sample_numel: int, n_params: int, budget_bytes: float = 2e9):
-    """Choose (samples per data chunk, rows per vmapped pass) so one pass stays within ``budget_bytes``.
+def default_chunks(
+    n_samples: int, sample_numel: int, n_params: int, budget_bytes: float = 1e7, max_rows: int = 128
+):
+    """Choose (samples per data chunk, rows per vmapped pass) for the batched Hessian-vector products.
 
-    The memory of one forward-over-reverse pass scales with rows x samples x the size of the
-    activations, which we bound by a generous multiple (32 doubles) of the input size.
+    Up to ``max_rows`` rows per pass, and as many samples as keep rows x samples x input size near
+    ``budget_bytes`` (10 MB): small passes keep the intermediates in cache. On the paper's CNN (924 inputs,
+    740 parameters) 128 rows x 10 samples cost 3.5x less per row and sample than 8 rows x 1000 samples.
+
+    >>> default_chunks(1000, 924, 740)
+    (10, 128)
+    >>> default_chunks(50, 4, 44)
+    (50, 44)
     """
-    per_pair = 32 * 8 * max(1, sample_numel)
-    samples = max(1, min(n_samples, int(budget_bytes // per_pair)))
-    rows = max(1, min(n_params, int(budget_bytes // (per_pair * samples))))
+    rows = max(1, min(n_params, max_rows))
+    samples = max(1, min(n_samples, int(budget_bytes // (8 * max(1, sample_numel) * rows))))
     return samples, rows
 
 

@@ -175,14 +175,17 @@ class LandscapeExplorer(widgets.VBox):
         self.relevance_box = widgets.VBox(children)
 
     def _build_conserved(self) -> None:
-        h, d = self.landscape.network.hidden, self.landscape.network.n_inputs
+        h = self.landscape.network.hidden
+        rows, columns = bq.OrdinalScale(), bq.OrdinalScale()
         self.conserved_map = bq.GridHeatMap(
-            color=np.zeros((h, d)),
-            scales={"row": bq.OrdinalScale(), "column": bq.OrdinalScale(),
+            color=np.zeros((h, len(self.feature_names))),
+            row=[f"h{j}" for j in range(h)], column=self.feature_names,
+            scales={"row": rows, "column": columns,
                     "color": bq.ColorScale(scheme="Greens", min=0.0, max=1.0)})
-        self.conserved_figure = _figure(
-            [self.conserved_map], [],
-            "Conservation |mean| / (|mean| + spread) of input weights (rows: hidden units)", "220px")
+        axes = [bq.Axis(scale=columns, label="input feature"),
+                bq.Axis(scale=rows, label="hidden unit", side="left")]
+        self.conserved_figure = _figure([self.conserved_map], axes,
+                                        "Conserved input weights: |mean| / (|mean| + spread)", "240px")
         self.conserved_figure.add_class("hv-conserved-weights")
 
     def _build_controls(self) -> widgets.HBox:
@@ -276,8 +279,8 @@ class LandscapeExplorer(widgets.VBox):
             return
         with self.points.hold_sync():
             if change["new"] == "accuracy":
-                self.points.scales = dict(self.points.scales, color=bq.ColorScale(
-                    scheme="RdYlGn", min=0.0, max=1.0))
+                # the domain follows the data: minima often differ by a few percent only
+                self.points.scales = dict(self.points.scales, color=bq.ColorScale(scheme="RdYlGn"))
                 self.points.color = np.array([self.accuracy[int(m)] for m in self.minimum_ids])
             else:
                 self.points.scales = dict(self.points.scales, color=self.colour_scale)

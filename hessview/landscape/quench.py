@@ -41,11 +41,15 @@ class Stationary:
         return int((self.eigenvalues < -NEGATIVE_TOLERANCE * scale).sum())
 
     @property
+    def nonzero(self) -> np.ndarray:
+        """Mask of the eigenvalues that are not zero modes (exact symmetries of the loss)."""
+        scale = max(1.0, float(np.abs(self.eigenvalues).max()))
+        return np.abs(self.eigenvalues) > NEGATIVE_TOLERANCE * scale
+
+    @property
     def log_product(self) -> float:
         """:math:`\\sum \\log|\\lambda_i|` over the nonzero eigenvalues (the harmonic factor)."""
-        scale = max(1.0, float(np.abs(self.eigenvalues).max()))
-        nonzero = np.abs(self.eigenvalues) > NEGATIVE_TOLERANCE * scale
-        return float(np.log(np.abs(self.eigenvalues[nonzero])).sum())
+        return float(np.log(np.abs(self.eigenvalues[self.nonzero])).sum())
 
 
 def analyse(loss: RegularisedLoss, coords: np.ndarray) -> Stationary:
@@ -56,12 +60,18 @@ def analyse(loss: RegularisedLoss, coords: np.ndarray) -> Stationary:
 
 
 def newton_polish(loss: RegularisedLoss, coords: np.ndarray, gtol: float, max_steps: int = 8):
-    """Newton steps to ``|grad| < gtol`` while the Hessian stays positive definite; returns the analysis."""
+    """Newton steps to ``|grad| < gtol`` while no Hessian eigenvalue is negative; returns the analysis.
+
+    Zero modes (e.g. the softmax shift of the output layer when ``weight_decay = 0``) are left out of
+    the step: the pseudo-inverse :math:`\\theta \\leftarrow \\theta - H^{+}\\nabla L`.
+    """
     point = analyse(loss, coords)
     for _ in range(max_steps):
-        if point.gradient_norm < gtol or point.n_negative or point.eigenvalues[0] <= 0:
+        if point.gradient_norm < gtol or point.n_negative:
             break
-        step = point.eigenvectors @ ((point.eigenvectors.T @ point.gradient) / point.eigenvalues)
+        keep = point.nonzero
+        components = point.eigenvectors[:, keep].T @ point.gradient
+        step = point.eigenvectors[:, keep] @ (components / point.eigenvalues[keep])
         candidate = analyse(loss, point.coords - step)
         if candidate.gradient_norm >= point.gradient_norm:
             break

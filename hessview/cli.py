@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -139,12 +140,20 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     server = subprocess.Popen(command, env=environment)
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated CLI must not leave Voila running
     try:
         return server.wait()
     except KeyboardInterrupt:
         server.terminate()
-        server.wait()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
         return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

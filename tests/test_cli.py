@@ -145,4 +145,5 @@ def test_app_serves_the_explorer_on_localhost(demo_cache):
         assert listening_addresses(port) == {"127.0.0.1"}
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=60)
+    assert listening_addresses(port) == set(), "Voila outlived the hessview command"

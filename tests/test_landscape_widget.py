@@ -11,17 +11,18 @@ from hessview.widgets.landscape_explorer import LandscapeExplorer
 @pytest.fixture(scope="module")
 def landscape():
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(60, 4))
+    X = rng.normal(size=(60, 2))
     y = (X[:, 0] * X[:, 1] > 0).astype(int)
-    land = Landscape(X, y, hidden=4, weight_decay=1e-2, seed=0).explore(15, progress=False)
+    land = Landscape(X, y, hidden=3, weight_decay=1e-3, seed=0).explore(25, progress=False)
     land.connect(progress=False)
+    assert len(land.minima) >= 2 and land.transition_states
     return land
 
 
 @pytest.fixture(scope="module")
 def test_data():
     rng = np.random.default_rng(1)
-    X = rng.normal(size=(40, 4))
+    X = rng.normal(size=(40, 2))
     return X, (X[:, 0] * X[:, 1] > 0).astype(int)
 
 
@@ -33,7 +34,7 @@ def independent_accuracy(land, coords, X, y):
 
 def test_selecting_a_minimum_updates_every_panel(landscape, test_data):
     explorer = LandscapeExplorer(landscape, X_test=test_data[0], y_test=test_data[1],
-                                 feature_names=["a", "b", "c", "d"], lattice_shape=(2, 2))
+                                 feature_names=["a", "b"], lattice_shape=(2,))
     assert len(landscape.minima) >= 2
     basins = landscape.basins()
     ids = explorer.minimum_ids.tolist()
@@ -44,8 +45,7 @@ def test_selecting_a_minimum_updates_every_panel(landscape, test_data):
         bottom = basins[minimum]
         members = sorted(m for m, b in basins.items() if b == bottom)
         np.testing.assert_allclose(explorer.bars.y, landscape.feature_relevance(bottom))
-        np.testing.assert_allclose(explorer.lattice.color,
-                                   landscape.feature_relevance(bottom).reshape(2, 2))
+        np.testing.assert_allclose(np.ravel(explorer.lattice.color), landscape.feature_relevance(bottom))
         conserved = landscape.conserved_weights(members)
         np.testing.assert_allclose(explorer.conserved_map.color, conserved.conservation)
         record = landscape.db.minimum(minimum)
@@ -56,6 +56,30 @@ def test_selecting_a_minimum_updates_every_panel(landscape, test_data):
     explorer.view_toggle.value = "lattice"
     assert explorer.lattice_figure.layout.display is None
     assert explorer.relevance_figure.layout.display == "none"
+
+
+def test_picking_a_basin_selects_its_bottom(landscape):
+    explorer = LandscapeExplorer(landscape)
+    basins = landscape.basins()
+    for bottom in set(basins.values()):
+        explorer.basin_picker.value = bottom
+        assert explorer.state.selected == bottom
+        position = explorer.minimum_ids.tolist().index(bottom)
+        assert list(explorer.points.selected) == [position]
+        np.testing.assert_allclose(explorer.bars.y, landscape.feature_relevance(bottom))
+    # selecting a minimum that is not a bottom shows its basin in the list
+    member = next(m for m, b in basins.items() if b != m)
+    explorer.points.selected = [explorer.minimum_ids.tolist().index(member)]
+    assert explorer.basin_picker.value == basins[member] and explorer.state.selected == member
+
+
+def test_square_lattice_heat_map(landscape):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(50, 4))
+    land = Landscape(X, (X[:, 0] > 0).astype(int), hidden=2, weight_decay=1e-2).explore(2, progress=False)
+    explorer = LandscapeExplorer(land, lattice_shape=(2, 2))
+    expected = land.feature_relevance(land.global_minimum.id).reshape(2, 2)
+    np.testing.assert_allclose(explorer.lattice.color, expected)
 
 
 def test_colouring_by_basin_and_by_accuracy(landscape, test_data):
@@ -96,6 +120,10 @@ def test_bad_arguments_are_refused(landscape, test_data):
         LandscapeExplorer(landscape, feature_names=["a"])
     with pytest.raises(ValueError, match="lattice_shape"):
         LandscapeExplorer(landscape, lattice_shape=(3, 3))
+    with pytest.raises(ValueError, match="lattice_shape"):
+        LandscapeExplorer(landscape, lattice_shape=(1, 1, 2))
+    with pytest.raises(ValueError, match="feature_names"):
+        LandscapeExplorer(landscape, feature_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="both"):
         LandscapeExplorer(landscape, X_test=test_data[0])
     X, y = test_data

@@ -1,10 +1,10 @@
 """``LandscapeExplorer``: a disconnectivity graph whose minima, when clicked, explain themselves.
 
-One :class:`LandscapeState` holds the selection and display choices; the views observe it and never talk
-to each other (bqplot's pattern). Selecting a minimum shows the feature relevance of its monotonic
-sequence basin (bars, or a lattice heat map for physics inputs), the basin's conserved-weight matrix
-and the basin's statistics. Everything drawn is computed from the landscape when the widget is built or
-on first selection of a basin (then cached), never re-sampled.
+One :class:`LandscapeState` holds the selection and display choices; the views observe it and never
+talk to each other (bqplot's pattern). Selecting a minimum (or a basin from the list) shows the
+feature relevance of its monotonic sequence basin (bars, or a lattice heat map for physics inputs),
+the basin's conserved-weight matrix and the basin's statistics. Everything drawn is computed from the
+landscape when the widget is built or on first selection of a basin (then cached), never re-sampled.
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ class LandscapeExplorer(widgets.VBox):
         landscape: an explored (and preferably connected) landscape.
         X_test, y_test: optional held-out data; enables colouring minima by test accuracy.
         feature_names: names of the input features (default ``x0, x1, ...``).
-        lattice_shape: shape to fold the features into for a lattice heat map (physics inputs),
-            e.g. ``(1, 12)`` for a 12-site chain.
+        lattice_shape: shape to fold the features into for a lattice view (physics inputs):
+            ``(12,)`` draws a 12-site chain as a ring of sites, ``(4, 4)`` a heat map of a square lattice.
         levels: number of energy levels of the disconnectivity graph.
         temperature: temperature of the harmonic-superposition occupation probabilities shown.
         title: heading text.
@@ -85,8 +85,10 @@ class LandscapeExplorer(widgets.VBox):
         if len(feature_names) != n_inputs:
             raise ValueError(f"feature_names has {len(feature_names)} names but the network has "
                              f"{n_inputs} inputs")
-        if lattice_shape is not None and int(np.prod(lattice_shape)) != n_inputs:
-            raise ValueError(f"lattice_shape {tuple(lattice_shape)} does not hold {n_inputs} features")
+        if lattice_shape is not None and (len(lattice_shape) not in (1, 2)
+                                          or int(np.prod(lattice_shape)) != n_inputs):
+            raise ValueError(f"lattice_shape {tuple(lattice_shape)} must be 1-D or 2-D and hold "
+                             f"{n_inputs} features")
         if (X_test is None) != (y_test is None):
             raise ValueError("give both X_test and y_test, or neither")
 
@@ -162,17 +164,31 @@ class LandscapeExplorer(widgets.VBox):
         self.relevance_figure.add_class("hv-relevance")
         children = [self.relevance_figure]
         if self.lattice_shape is not None:
-            rows, cols = (1, self.lattice_shape[0]) if len(self.lattice_shape) == 1 else \
-                self.lattice_shape[:2]
-            self.lattice = bq.GridHeatMap(
-                color=np.zeros((rows, cols)),
-                scales={"row": bq.OrdinalScale(), "column": bq.OrdinalScale(),
-                        "color": bq.ColorScale(scheme="Blues", min=0.0)})
-            self.lattice_figure = _figure([self.lattice], [], "Relevance on the lattice", "200px")
+            self.lattice, self.lattice_figure = self._lattice_view()
             self.lattice_figure.add_class("hv-relevance-lattice")
             self.lattice_figure.layout.display = "none"
             children.append(self.lattice_figure)
         self.relevance_box = widgets.VBox(children)
+
+    def _lattice_view(self) -> tuple[bq.Mark, bq.Figure]:
+        """A grid heat map for 2-D lattices; sites on a ring for chains (bqplot flattens one-row grids)."""
+        colours = bq.ColorScale(scheme="Blues", min=0.0)
+        n_sites = int(np.prod(self.lattice_shape))
+        if len(self.lattice_shape) == 1 or self.lattice_shape[0] == 1:
+            angle = 2 * np.pi * np.arange(n_sites) / n_sites
+            sites = bq.Scatter(
+                x=np.sin(angle), y=np.cos(angle), color=np.zeros(n_sites), default_size=300,
+                scales={"x": bq.LinearScale(min=-1.3, max=1.3), "y": bq.LinearScale(min=-1.3, max=1.3),
+                        "color": colours},
+                stroke="#444444", names=self.feature_names, display_names=True,
+                interactions={"hover": "tooltip"},
+                tooltip=bq.Tooltip(fields=["name", "color"], formats=["", ".3f"],
+                                   labels=["site", "relevance"]))
+            return sites, _figure([sites], [], "Relevance per site (chain drawn as a ring)", "260px")
+        grid = bq.GridHeatMap(color=np.zeros(self.lattice_shape),
+                              scales={"row": bq.OrdinalScale(), "column": bq.OrdinalScale(),
+                                      "color": colours})
+        return grid, _figure([grid], [], "Relevance on the lattice", "220px")
 
     def _build_conserved(self) -> None:
         h = self.landscape.network.hidden
@@ -194,7 +210,14 @@ class LandscapeExplorer(widgets.VBox):
                                                    description="colour by")
         self.colour_toggle.observe(
             lambda change: setattr(self.state, "colour_by", change["new"]), "value")
-        items = [self.colour_toggle]
+        bottoms = sorted(set(self.basins.values()), key=lambda b: self.records[b].loss)
+        sizes = {b: sum(1 for v in self.basins.values() if v == b) for b in bottoms}
+        self.basin_picker = widgets.Dropdown(
+            options=[(f"bottom {b}: loss {self.records[b].loss:.5g}, {sizes[b]} minima", b)
+                     for b in bottoms],
+            value=bottoms[0], description="basin")
+        self.basin_picker.observe(self._basin_picked, "value")
+        items = [self.basin_picker, self.colour_toggle]
         if self.lattice_shape is not None:
             self.view_toggle = widgets.ToggleButtons(
                 options=[("bars", "bars"), ("lattice", "lattice")], value="bars",
@@ -224,6 +247,10 @@ class LandscapeExplorer(widgets.VBox):
         if selected is not None and len(selected) > 0:
             self.state.selected = int(self.minimum_ids[int(selected[-1])])
 
+    def _basin_picked(self, change) -> None:
+        if self.basins.get(self.state.selected) != change["new"]:
+            self.state.selected = int(change["new"])
+
     def _selected_changed(self, change) -> None:
         minimum_id = change["new"]
         if minimum_id == -1:
@@ -237,11 +264,13 @@ class LandscapeExplorer(widgets.VBox):
         position = int(np.flatnonzero(self.minimum_ids == minimum_id)[0])
         if self.points.selected is None or list(self.points.selected) != [position]:
             self.points.selected = [position]
+        if self.basin_picker.value != self.basins[minimum_id]:
+            self.basin_picker.value = self.basins[minimum_id]
         conserved, relevance = self.basin_analysis(minimum_id)
         with self.bars.hold_sync():
             self.bars.y = relevance
         if self.lattice_shape is not None:
-            self.lattice.color = relevance.reshape(self.lattice.color.shape)
+            self.lattice.color = relevance.reshape(np.shape(self.lattice.color))
         self.conserved_map.color = conserved.conservation
         self.stats.value = self._stats_html(minimum_id, conserved)
         top = self.feature_names[int(np.argmax(relevance))]

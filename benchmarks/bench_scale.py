@@ -91,7 +91,12 @@ def prepare(args, workdir: Path) -> dict:
             opt.step()
     train_s = time.perf_counter() - start
     with torch.no_grad():
-        accuracy = float((model(torch.tensor(X[args.n_train :], dtype=torch.float32)).argmax(1).numpy() == y[args.n_train :]).mean())
+        accuracy = float(
+            (
+                model(torch.tensor(X[args.n_train :], dtype=torch.float32)).argmax(1).numpy()
+                == y[args.n_train :]
+            ).mean()
+        )
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(workdir / "model.safetensors"))
@@ -112,27 +117,36 @@ def load(args, workdir: Path):
     return model, X[:n], y[:n], X[n:], y[n:]
 
 
+class Timer:
+    """Wall-clock and CPU seconds (this process, all threads) of a block."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
 def run_hessview(args, workdir: Path) -> dict:
     from hessview import HessianToolbox
 
     model, X, y, X_test, y_test = load(args, workdir)
-    start = time.perf_counter()
-    tb = HessianToolbox(
-        model, X, y, weight_decay=args.weight_decay, method="auto", rank=args.rank, progress=False
-    )
     import warnings
 
-    with warnings.catch_warnings():
+    with Timer() as fit, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Adam does not reach a tight minimum: the benchmark times the work
-        tb.fit()
-    fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    influence = tb.influence(X_test, y_test)
-    influence_s = time.perf_counter() - start
+        tb = HessianToolbox(
+            model, X, y, weight_decay=args.weight_decay, method="auto", rank=args.rank, progress=False
+        ).fit()
+    with Timer() as query:
+        influence = tb.influence(X_test, y_test)
     np.save(workdir / "hessview_influence.npy", influence)
     return {
-        "fit_s": fit_s,
-        "influence_s": influence_s,
+        "fit_s": fit.wall,
+        "influence_s": query.wall,
+        "fit_cpu_s": fit.cpu,
+        "influence_cpu_s": query.cpu,
         "method": tb.method_,
         "method_reason": tb.method_reason_,
         "damping": tb.damping_,
@@ -151,20 +165,18 @@ def run_pydvl(args, workdir: Path, regularization: float) -> dict:
 
     model, X, y, X_test, y_test = load(args, workdir)
     loader = DataLoader(TensorDataset(X, y), batch_size=args.batch_size)
-    start = time.perf_counter()
-    infl = ArnoldiInfluence(
-        model, nn.functional.cross_entropy, regularization=regularization, rank=args.rank, tol=1e-6
-    )
-    infl = infl.fit(loader)
-    fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    values = []
-    for i in range(0, len(X), args.batch_size):
-        values.append(infl.influences(X_test, y_test, X[i : i + args.batch_size], y[i : i + args.batch_size]))
-    influence = torch.cat(values, dim=1).detach().numpy()
-    influence_s = time.perf_counter() - start
+    with Timer() as fit:
+        infl = ArnoldiInfluence(
+            model, nn.functional.cross_entropy, regularization=regularization, rank=args.rank, tol=1e-6
+        ).fit(loader)
+    with Timer() as query:
+        values = []
+        for i in range(0, len(X), args.batch_size):
+            batch = X[i : i + args.batch_size], y[i : i + args.batch_size]
+            values.append(infl.influences(X_test, y_test, *batch))
+        influence = torch.cat(values, dim=1).detach().numpy()
     np.save(workdir / "pydvl_influence.npy", influence)
-    return {"fit_s": fit_s, "influence_s": influence_s}
+    return {"fit_s": fit.wall, "influence_s": query.wall, "fit_cpu_s": fit.cpu, "influence_cpu_s": query.cpu}
 
 
 def child(args) -> None:
@@ -182,7 +194,18 @@ def child(args) -> None:
 
 def spawn(args, phase: str, workdir: Path, **extra) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--workdir", str(workdir)]
-    for key in ("n_train", "n_test", "rank", "threads", "epochs", "weight_decay", "batch_size", "L", "seed", "data"):
+    for key in (
+        "n_train",
+        "n_test",
+        "rank",
+        "threads",
+        "epochs",
+        "weight_decay",
+        "batch_size",
+        "L",
+        "seed",
+        "data",
+    ):
         command += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     for key, value in extra.items():
         command += [f"--{key}", str(value)]
@@ -226,7 +249,9 @@ def main() -> None:
         runs = {"hessview": [], "pydvl": []}
         for _ in range(args.repeats):
             hv = spawn(args, "hessview", workdir)
-            print("hessview:", {k: v for k, v in hv.items() if k not in ("eigenvalues", "summary")}, flush=True)
+            print(
+                "hessview:", {k: v for k, v in hv.items() if k not in ("eigenvalues", "summary")}, flush=True
+            )
             runs["hessview"].append(hv)
             reg = args.weight_decay + hv["damping"]
             pd = spawn(args, "pydvl", workdir, regularization=reg)
@@ -236,10 +261,13 @@ def main() -> None:
         theirs = np.load(workdir / "pydvl_influence.npy")
     record = {"args": {k: v for k, v in vars(args).items() if k not in ("phase", "workdir")}, **prepared}
     for tool, rs in runs.items():
-        for key in ("fit_s", "influence_s", "peak_rss_mb"):
+        for key in ("fit_s", "influence_s", "fit_cpu_s", "influence_cpu_s", "peak_rss_mb"):
             record[f"{tool}_{key}"] = float(np.median([r[key] for r in rs]))
         record[f"{tool}_total_s"] = float(np.median([r["fit_s"] + r["influence_s"] for r in rs]))
+        record[f"{tool}_total_cpu_s"] = float(np.median([r["fit_cpu_s"] + r["influence_cpu_s"] for r in rs]))
     record["ratio_total_pydvl_over_hessview"] = record["pydvl_total_s"] / record["hessview_total_s"]
+    record["ratio_cpu_pydvl_over_hessview"] = record["pydvl_total_cpu_s"] / record["hessview_total_cpu_s"]
+    record["load_average_1min_at_end"] = os.getloadavg()[0]
     # hessview: + (1/n) g^T H^-1 g (removal); pyDVL "up": upweighting, opposite sign, no 1/n
     record["pearson_hessview_vs_minus_pydvl"] = pearson(ours, -theirs)
     record["hessview"] = runs["hessview"][-1]

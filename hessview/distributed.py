@@ -3,7 +3,8 @@
 Every sum over training samples the toolbox needs (Hessian or GGN blocks, curvature-vector products,
 per-sample gradients and their products with a matrix) splits into independent pieces, one per
 :class:`Shard` of consecutive samples; the pieces are summed or concatenated in shard order, so an
-in-process run and a Dask run of the same shards give the same numbers up to rounding.
+in-process run and a Dask run of the same shards give the same numbers up to rounding. Every product
+is reverse mode (forward-mode AD is not thread-safe in torch, and threaded Dask workers run tasks at once).
 :class:`LocalBackend` (the default) needs nothing else; :class:`DaskBackend` sends each shard to a
 ``dask.distributed`` worker once (``client.scatter``) and then submits one task per shard and call.
 """
@@ -13,11 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.func import grad, jvp, vmap
 from tqdm.auto import tqdm
 
-from hessview.ggn import flat_ggn, ggn_matmat
-from hessview.hessian import flat_hessian, per_sample_gradients
+from hessview.ggn import ggn_matmat
+from hessview.hessian import hessian_matmat, per_sample_gradients
 from hessview.losses import per_sample_loss
 from hessview.params import FlatModel
 
@@ -59,34 +59,28 @@ class Shard:
         samples = max(1, min(n, int(self.budget_bytes // (per_pair * vectors))))
         return samples, vectors
 
-    def dense_curvature(self, curvature: str, row_chunk: int, progress: bool = False) -> torch.Tensor:
-        """The shard's ``P x P`` Hessian or GGN of ``(1/n_total) sum_j L_j``."""
+    def _matmat(self, X, y, V: torch.Tensor, curvature: str) -> torch.Tensor:
         if curvature == "hessian":
-            return flat_hessian(
-                lambda t: self._objective(t, self.X, self.y),
-                self.theta,
-                chunk_size=row_chunk,
-                progress=progress,
-            )
-        return flat_ggn(self.flat, self.theta, self.X, self.loss, 1.0 / self.n_total, chunk_size=row_chunk)
+            return hessian_matmat(lambda t: self._objective(t, X, y), self.theta, V)
+        return ggn_matmat(self.flat, self.theta, X, self.loss, V, 1 / self.n_total)
+
+    def dense_curvature(self, curvature: str, row_chunk: int, progress: bool = False) -> torch.Tensor:
+        """The shard's ``P x P`` Hessian or GGN of ``(1/n_total) sum_j L_j``, ``row_chunk`` rows per pass."""
+        P = self.theta.numel()
+        eye = torch.eye(P, dtype=self.theta.dtype, device=self.theta.device)
+        starts = range(0, P, max(1, int(row_chunk)))
+        bar = tqdm(starts, desc="Hessian rows", disable=not progress or len(starts) == 1, leave=False)
+        rows = torch.cat([self._matmat(self.X, self.y, eye[i : i + row_chunk], curvature) for i in bar])
+        return (rows + rows.T) / 2
 
     def curvature_matmat(self, V: torch.Tensor, curvature: str) -> torch.Tensor:
-        """``C v`` for each row ``v`` of ``V`` ``(k, P)``, ``C`` this shard's Hessian or GGN; matrix-free."""
+        """``C v`` for each row ``v`` of ``V`` ``(k, P)``, ``C`` the shard's Hessian or GGN; matrix-free."""
         samples, vectors = self._passes(V.shape[0])
         out = torch.zeros_like(V)
         for i in range(0, self.X.shape[0], samples):
             X, y = self.X[i : i + samples], self.y[i : i + samples]
             for j in range(0, V.shape[0], vectors):
-                rows = V[j : j + vectors]
-                if curvature == "hessian":
-                    gradient = grad(lambda t, X=X, y=y: self._objective(t, X, y))
-                    out[j : j + vectors] += vmap(lambda v, g=gradient: jvp(g, (self.theta,), (v,))[1])(
-                        rows
-                    ).detach()
-                else:
-                    out[j : j + vectors] += ggn_matmat(
-                        self.flat, self.theta, X, self.loss, rows, 1 / self.n_total
-                    )
+                out[j : j + vectors] += self._matmat(X, y, V[j : j + vectors], curvature)
         return out
 
     def _gradient_batches(self):

@@ -7,8 +7,9 @@ with :math:`J_j = \\partial f(x_j; \\theta) / \\partial \\theta` the ``K x P`` o
 :math:`\\operatorname{diag}(p) - p p^T` for softmax cross-entropy (``p`` the predicted probabilities),
 :math:`2 I` for the summed squared error. Both are positive semi-definite, hence so is ``G``; it drops the
 term :math:`\\sum_k \\partial L/\\partial f_k \\, \\nabla^2 f_k` of the Hessian (Schraudolph, Neural
-Computation 14, 1723 (2002); Martens, JMLR 21, 1 (2020)). Products :math:`G v` use one vmapped
-Jacobian-vector product (forward mode), the output Hessian, and one vector-Jacobian product (reverse mode).
+Computation 14, 1723 (2002); Martens, JMLR 21, 1 (2020)). Products :math:`G v` use a vmapped
+Jacobian-vector product (as the transpose of a vector-Jacobian product), the output Hessian, and one
+vector-Jacobian product: reverse mode only, so that threads may run them at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.func import jvp, vjp, vmap
+from torch.func import vjp, vmap
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -50,19 +51,9 @@ def ggn_matmat(
         return model(t, X)
 
     out, pullback = vjp(outputs, theta)
-    jacobian_products = vmap(lambda v: jvp(outputs, (theta,), (v,))[1])(V)
+    # J v by the double-vjp trick: u -> J^T u is linear, so its own vjp with cotangent v is J v
+    # (reverse mode only: thread-safe, unlike forward-mode jvp)
+    _, push = vjp(lambda u: pullback(u)[0], torch.zeros_like(out))
+    jacobian_products = vmap(push)(V)[0]
     weighted = output_hessian_product(loss, out.detach().unsqueeze(0), jacobian_products)
     return scale * vmap(pullback)(weighted)[0].detach()
-
-
-def flat_ggn(
-    model: Model, theta: torch.Tensor, X: torch.Tensor, loss: str, scale: float, *, chunk_size=None
-) -> torch.Tensor:
-    """The dense ``P x P`` GGN ``scale * sum_j J_j^T H^{out}_j J_j``, ``chunk_size`` rows per pass."""
-    n = theta.numel()
-    chunk = n if chunk_size is None else max(1, int(chunk_size))
-    eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
-    rows = torch.cat(
-        [ggn_matmat(model, theta, X, loss, eye[i : i + chunk], scale) for i in range(0, n, chunk)]
-    )
-    return (rows + rows.T) / 2

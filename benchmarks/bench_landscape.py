@@ -71,8 +71,7 @@ def run_hessview(X, y, seed, n_steps):
         if minimum is not None:
             found.append((time.perf_counter() - t0, minimum.loss, minimum.coords))
 
-    land.explore(n_steps, temperature=TEMPERATURE, step_size=STEP_SIZE, callback=record,
-                 progress=False)
+    land.explore(n_steps, temperature=TEMPERATURE, step_size=STEP_SIZE, callback=record, progress=False)
     return time.perf_counter() - t0, found
 
 
@@ -85,10 +84,16 @@ def run_scipy(X, y, seed, n_steps):
         found.append((time.perf_counter() - t0, float(f), np.array(x)))
 
     with single_thread():
-        basinhopping(land.loss.value_and_gradient, start_point(land, seed), niter=n_steps,
-                     T=TEMPERATURE, stepsize=STEP_SIZE, callback=record, rng=seed,
-                     minimizer_kwargs={"method": "L-BFGS-B", "jac": True,
-                                       "options": {"gtol": LBFGS_GTOL}})
+        basinhopping(
+            land.loss.value_and_gradient,
+            start_point(land, seed),
+            niter=n_steps,
+            T=TEMPERATURE,
+            stepsize=STEP_SIZE,
+            callback=record,
+            rng=seed,
+            minimizer_kwargs={"method": "L-BFGS-B", "jac": True, "options": {"gtol": LBFGS_GTOL}},
+        )
     return time.perf_counter() - t0, found
 
 
@@ -96,17 +101,37 @@ def import_topsearch(path):
     """Import topsearch's basin-hopping from a --no-deps install, or return None with the reason."""
     if path is None:
         return None, "not run (pass --topsearch PATH)"
-    removed_in_numpy_2 = {"bool8": np.bool_, "object0": np.object_, "int0": np.intp,
-                          "uint0": np.uintp, "void0": np.void, "str0": np.str_, "bytes0": np.bytes_,
-                          "float_": np.float64, "complex_": np.complex128, "unicode_": np.str_,
-                          "string_": np.bytes_, "longfloat": np.longdouble, "cfloat": np.complex128,
-                          "clongfloat": np.clongdouble, "longcomplex": np.clongdouble,
-                          "singlecomplex": np.complex64}
+    removed_in_numpy_2 = {
+        "bool8": np.bool_,
+        "object0": np.object_,
+        "int0": np.intp,
+        "uint0": np.uintp,
+        "void0": np.void,
+        "str0": np.str_,
+        "bytes0": np.bytes_,
+        "float_": np.float64,
+        "complex_": np.complex128,
+        "unicode_": np.str_,
+        "string_": np.bytes_,
+        "longfloat": np.longdouble,
+        "cfloat": np.complex128,
+        "clongfloat": np.clongdouble,
+        "longcomplex": np.clongdouble,
+        "singlecomplex": np.complex64,
+    }
     for alias, target in removed_in_numpy_2.items():  # nptyping 2.5 still names these
         if not hasattr(np, alias):
             setattr(np, alias, target)
-    for name in ("ase", "ase.geometry", "ase.geometry.analysis", "ase.neighborlist",
-                 "ase.calculators", "ase.calculators.psi4", "rdkit", "rdkit.Chem"):
+    for name in (
+        "ase",
+        "ase.geometry",
+        "ase.geometry.analysis",
+        "ase.neighborlist",
+        "ase.calculators",
+        "ase.calculators.psi4",
+        "rdkit",
+        "rdkit.Chem",
+    ):
         if name not in sys.modules:
             stub = types.ModuleType(name)
             stub.Analysis = stub.Atoms = stub.Psi4 = stub.AllChem = object
@@ -120,8 +145,13 @@ def import_topsearch(path):
         from topsearch.similarity.similarity import StandardSimilarity
     except Exception as error:  # noqa: BLE001 - reported in the results table
         return None, f"import failed: {type(error).__name__}: {error}"
-    return (StandardCoordinates, KineticTransitionNetwork, BasinHopping, StandardPerturbation,
-            StandardSimilarity), "ok"
+    return (
+        StandardCoordinates,
+        KineticTransitionNetwork,
+        BasinHopping,
+        StandardPerturbation,
+        StandardSimilarity,
+    ), "ok"
 
 
 def run_topsearch(classes, X, y, seed, n_steps):
@@ -137,16 +167,18 @@ def run_topsearch(classes, X, y, seed, n_steps):
 
     class RecordingSimilarity(similarity_class):
         def test_new_minimum(self, ktn, min_coords, min_energy):
-            found.append((time.perf_counter() - t0, float(min_energy),
-                          np.array(min_coords.position)))
+            found.append((time.perf_counter() - t0, float(min_energy), np.array(min_coords.position)))
             super().test_new_minimum(ktn, min_coords, min_energy)
 
     coords = coordinates(ndim=land.network.n_params, bounds=[(-50.0, 50.0)] * land.network.n_params)
     coords.position = start_point(land, seed)
     # topsearch displaces by (U[0,1) - 0.5) * max_displacement: twice our half-width gives U[-s, s]
-    runner = hopping(ktn=network(), potential=Potential(),
-                     similarity=RecordingSimilarity(SAME_COORDS, SAME_LOSS),
-                     step_taking=perturbation(max_displacement=2 * STEP_SIZE))
+    runner = hopping(
+        ktn=network(),
+        potential=Potential(),
+        similarity=RecordingSimilarity(SAME_COORDS, SAME_LOSS),
+        step_taking=perturbation(max_displacement=2 * STEP_SIZE),
+    )
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as scratch, single_thread():
         os.chdir(scratch)  # topsearch writes a 'logfile' into the working directory
@@ -173,8 +205,10 @@ def polish(loss, found):
 def distinct(network, found):
     kept = []
     for _, loss, coords in found:
-        if not any(abs(loss - k_loss) < SAME_LOSS and align(network, k, coords)[1] < SAME_COORDS
-                   for k_loss, k in kept):
+        if not any(
+            abs(loss - k_loss) < SAME_LOSS and align(network, k, coords)[1] < SAME_COORDS
+            for k_loss, k in kept
+        ):
             kept.append((loss, coords))
     return len(kept)
 
@@ -202,16 +236,24 @@ def main():
             wall, found = method(X, y, seed, args.steps)
             found = polish(reference.loss, found)
             runs[name].append((wall, found))
-            print(f"seed {seed} {name}: {wall:.1f} s, {distinct(network, found)} distinct minima, "
-                  f"lowest {min(f[1] for f in found):.6f}", file=sys.stderr, flush=True)
+            print(
+                f"seed {seed} {name}: {wall:.1f} s, {distinct(network, found)} distinct minima, "
+                f"lowest {min(f[1] for f in found):.6f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     lowest = min(f[1] for rs in runs.values() for _, found in rs for f in found)
-    print(f"network: {X.shape[1]}-{HIDDEN}-2 tanh, {network.n_params} weights, "
-          f"{len(X)} samples, weight decay {WEIGHT_DECAY}; T = {TEMPERATURE}, step = {STEP_SIZE}, "
-          f"{args.steps} steps, seeds 0..{args.seeds - 1}; lowest known minimum {lowest:.6f}")
+    print(
+        f"network: {X.shape[1]}-{HIDDEN}-2 tanh, {network.n_params} weights, "
+        f"{len(X)} samples, weight decay {WEIGHT_DECAY}; T = {TEMPERATURE}, step = {STEP_SIZE}, "
+        f"{args.steps} steps, seeds 0..{args.seeds - 1}; lowest known minimum {lowest:.6f}"
+    )
     print(f"topsearch: {topsearch_status}\n")
-    print("| method | wall s (median) | distinct true minima (median) | minima / s (median) "
-          "| time to lowest known, s (median over seeds that reach it) | seeds reaching it |")
+    print(
+        "| method | wall s (median) | distinct true minima (median) | minima / s (median) "
+        "| time to lowest known, s (median over seeds that reach it) | seeds reaching it |"
+    )
     print("|---|---|---|---|---|---|")
     rates = {}
     for name, rs in runs.items():
@@ -219,15 +261,18 @@ def main():
         counts = [distinct(network, found) for _, found in rs]
         rate = [c / w for c, w in zip(counts, walls, strict=True)]
         rates[name] = float(np.median(rate))
-        reach = [next((t for t, loss, _ in found if loss <= lowest + SAME_LOSS), None)
-                 for _, found in rs]
+        reach = [next((t for t, loss, _ in found if loss <= lowest + SAME_LOSS), None) for _, found in rs]
         reached = [t for t in reach if t is not None]
         to_lowest = f"{np.median(reached):.2f}" if reached else "never"
-        print(f"| {name} | {np.median(walls):.1f} | {np.median(counts):.0f} | {rates[name]:.2f} "
-              f"| {to_lowest} | {len(reached)}/{len(rs)} |")
+        print(
+            f"| {name} | {np.median(walls):.1f} | {np.median(counts):.0f} | {rates[name]:.2f} "
+            f"| {to_lowest} | {len(reached)}/{len(rs)} |"
+        )
     base = rates["hessview"]
-    print("\nminima/s ratio hessview : other = "
-          + ", ".join(f"{base / r:.2f} ({n})" for n, r in rates.items() if n != "hessview" and r))
+    print(
+        "\nminima/s ratio hessview : other = "
+        + ", ".join(f"{base / r:.2f} ({n})" for n, r in rates.items() if n != "hessview" and r)
+    )
 
 
 if __name__ == "__main__":

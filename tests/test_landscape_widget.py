@@ -33,8 +33,9 @@ def independent_accuracy(land, coords, X, y):
 
 
 def test_selecting_a_minimum_updates_every_panel(landscape, test_data):
-    explorer = LandscapeExplorer(landscape, X_test=test_data[0], y_test=test_data[1],
-                                 feature_names=["a", "b"], lattice_shape=(2,))
+    explorer = LandscapeExplorer(
+        landscape, X_test=test_data[0], y_test=test_data[1], feature_names=["a", "b"], lattice_shape=(2,)
+    )
     assert len(landscape.minima) >= 2
     basins = landscape.basins()
     ids = explorer.minimum_ids.tolist()
@@ -90,8 +91,10 @@ def test_colouring_by_basin_and_by_accuracy(landscape, test_data):
         for b, mb in zip(colours, explorer.minimum_ids, strict=True):
             assert (a == b) == (basins[int(ma)] == basins[int(mb)])
     explorer.colour_toggle.value = "accuracy"
-    expected = [independent_accuracy(landscape, landscape.db.minimum(int(m)).coords, *test_data)
-                for m in explorer.minimum_ids]
+    expected = [
+        independent_accuracy(landscape, landscape.db.minimum(int(m)).coords, *test_data)
+        for m in explorer.minimum_ids
+    ]
     np.testing.assert_allclose(explorer.points.color, expected)
 
 

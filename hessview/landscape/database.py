@@ -146,17 +146,13 @@ class Database:
 
     def transition_states(self, loss_range: tuple[float, float] | None = None) -> list[TransitionState]:
         """Stored transition states by increasing id, optionally only those in a loss range."""
-        query = (
-            "SELECT id, loss, coords, eigenvalues, log_product, minimum1, minimum2 FROM transition_states"
-        )
+        query = "SELECT id, loss, coords, eigenvalues, log_product, minimum1, minimum2 FROM transition_states"
         args: tuple = ()
         if loss_range is not None:
             query += " WHERE loss BETWEEN ? AND ?"
             args = (float(loss_range[0]), float(loss_range[1]))
         rows = self.connection.execute(query + " ORDER BY id", args).fetchall()
-        return [
-            TransitionState(r[0], r[1], _array(r[2]), _array(r[3]), r[4], r[5], r[6]) for r in rows
-        ]
+        return [TransitionState(r[0], r[1], _array(r[2]), _array(r[3]), r[4], r[5], r[6]) for r in rows]
 
     def close(self) -> None:
         """Close the connection."""

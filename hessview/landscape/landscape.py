@@ -101,9 +101,12 @@ class Landscape:
         self.loss = RegularisedLoss(self.network, X, y, self.weight_decay)
         digest = hashlib.sha256(X.tobytes() + y.tobytes()).hexdigest()
         meta = {
-            "n_inputs": self.network.n_inputs, "hidden": self.hidden,
-            "n_classes": self.network.n_classes, "weight_decay": self.weight_decay,
-            "seed": self.seed, "data_sha256": digest,
+            "n_inputs": self.network.n_inputs,
+            "hidden": self.hidden,
+            "n_classes": self.network.n_classes,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+            "data_sha256": digest,
         }
         self.db = Database(db, meta)
 
@@ -129,9 +132,7 @@ class Landscape:
             if not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         with single_thread():
-            basin_hopping.run(
-                self, int(n_steps), float(temperature), float(step_size), callback, progress
-            )
+            basin_hopping.run(self, int(n_steps), float(temperature), float(step_size), callback, progress)
         return self
 
     @property
@@ -223,7 +224,9 @@ class Landscape:
             side_j = [m for m in self.minima if union.find(m.id) == union.find(j)]
             pairs = sorted(
                 (align(self.network, a.coords, b.coords)[1], a.id, b.id)
-                for a in side_i for b in side_j if (a.id, b.id) not in tried
+                for a in side_i
+                for b in side_j
+                if (a.id, b.id) not in tried
             )
             if not pairs:
                 break
@@ -258,9 +261,11 @@ class Landscape:
             raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
         if not isinstance(max_attempts, numbers.Integral) or max_attempts < 1:
             raise ValueError(f"max_attempts must be a positive integer, got {max_attempts!r}")
-        pairs = [(int(i), int(j))] if i is not None else [
-            (self.global_minimum.id, m) for m in sorted(ids - {self.global_minimum.id})
-        ]
+        pairs = (
+            [(int(i), int(j))]
+            if i is not None
+            else [(self.global_minimum.id, m) for m in sorted(ids - {self.global_minimum.id})]
+        )
         found: list[TransitionState] = []
         with single_thread():
             for a, b in tqdm(pairs, desc="connect", disable=not progress or len(pairs) < 2):
@@ -332,7 +337,8 @@ class Landscape:
         if not isinstance(temperature, numbers.Real):
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         p = occupation_probabilities(
-            np.array([m.loss for m in minima]), np.array([m.log_product for m in minima]),
+            np.array([m.loss for m in minima]),
+            np.array([m.log_product for m in minima]),
             float(temperature),
         )
         return {m.id: float(pm) for m, pm in zip(minima, p, strict=True)}

@@ -23,8 +23,10 @@ import torch
 try:
     from threadpoolctl import threadpool_limits
 except ImportError:  # threadpoolctl only saves time; without it BLAS keeps its own thread count
+
     def threadpool_limits(limits):  # noqa: D103
         return contextlib.nullcontext()
+
 
 from hessview.hessian import flat_hessian
 
@@ -152,9 +154,10 @@ class RegularisedLoss:
         g_w1 = d_z.transpose(-1, -2) @ self.x
         g_b1 = d_z.sum(-2)
         lead = theta.shape[:-1]
-        grad = torch.cat(
-            [g_w1.reshape(*lead, -1), g_b1, g_w2.reshape(*lead, -1), g_b2], dim=-1
-        ) + self.weight_decay * theta
+        grad = (
+            torch.cat([g_w1.reshape(*lead, -1), g_b1, g_w2.reshape(*lead, -1), g_b2], dim=-1)
+            + self.weight_decay * theta
+        )
         return value, grad
 
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:

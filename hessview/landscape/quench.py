@@ -86,7 +86,10 @@ def quench(
     coords = np.asarray(start, dtype=np.float64)
     for _ in range(max_restarts + 1):
         result = minimize(
-            loss.value_and_gradient, coords, jac=True, method="L-BFGS-B",
+            loss.value_and_gradient,
+            coords,
+            jac=True,
+            method="L-BFGS-B",
             options={"gtol": 1e-7, "ftol": 1e-15, "maxiter": 5000},
         )
         point = newton_polish(loss, result.x, gtol)

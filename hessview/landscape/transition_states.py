@@ -30,7 +30,8 @@ def _tangents(images: np.ndarray, energies: np.ndarray) -> np.ndarray:
     d_min = np.minimum(np.abs(e_next - e_here), np.abs(e_prev - e_here))
     towards_next = (e_next > e_prev)[:, None]
     mixed = np.where(
-        towards_next, forward * d_max[:, None] + backward * d_min[:, None],
+        towards_next,
+        forward * d_max[:, None] + backward * d_min[:, None],
         forward * d_min[:, None] + backward * d_max[:, None],
     )
     tangent = np.where(up[:, None], forward, np.where(down[:, None], backward, mixed))
@@ -95,7 +96,8 @@ def band_maxima(energies: np.ndarray) -> list[int]:
     [1, 3]
     """
     return [
-        i for i in range(1, len(energies) - 1)
+        i
+        for i in range(1, len(energies) - 1)
         if energies[i] >= energies[i - 1] and energies[i] >= energies[i + 1]
     ]
 

@@ -18,8 +18,18 @@ from traitlets import Enum, HasTraits, Int, TraitError, Unicode, validate
 
 from hessview.landscape import ConservedWeights, Landscape
 
-BASIN_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-                 "#7f7f7f", "#bcbd22", "#17becf"]
+BASIN_COLOURS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 _MARGIN = {"top": 40, "bottom": 50, "left": 65, "right": 15}
 
 
@@ -52,8 +62,14 @@ class LandscapeState(HasTraits):
 
 
 def _figure(marks, axes, title: str, height: str, **kwargs) -> bq.Figure:
-    return bq.Figure(marks=marks, axes=axes, title=title, fig_margin=dict(_MARGIN),
-                     layout=widgets.Layout(width="100%", height=height, min_width="300px"), **kwargs)
+    return bq.Figure(
+        marks=marks,
+        axes=axes,
+        title=title,
+        fig_margin=dict(_MARGIN),
+        layout=widgets.Layout(width="100%", height=height, min_width="300px"),
+        **kwargs,
+    )
 
 
 class LandscapeExplorer(widgets.VBox):
@@ -70,9 +86,18 @@ class LandscapeExplorer(widgets.VBox):
         title: heading text.
     """
 
-    def __init__(self, landscape: Landscape, *, X_test=None, y_test=None, feature_names=None,
-                 lattice_shape: tuple[int, ...] | None = None, levels: int = 20,
-                 temperature: float = 0.01, title: str | None = None):
+    def __init__(
+        self,
+        landscape: Landscape,
+        *,
+        X_test=None,
+        y_test=None,
+        feature_names=None,
+        lattice_shape: tuple[int, ...] | None = None,
+        levels: int = 20,
+        temperature: float = 0.01,
+        title: str | None = None,
+    ):
         if not isinstance(landscape, Landscape):
             raise TypeError(f"landscape must be a hessview Landscape, got {type(landscape).__name__}")
         minima = landscape.minima
@@ -83,12 +108,15 @@ class LandscapeExplorer(widgets.VBox):
             feature_names = [f"x{i}" for i in range(n_inputs)]
         feature_names = [str(name) for name in feature_names]
         if len(feature_names) != n_inputs:
-            raise ValueError(f"feature_names has {len(feature_names)} names but the network has "
-                             f"{n_inputs} inputs")
-        if lattice_shape is not None and (len(lattice_shape) not in (1, 2)
-                                          or int(np.prod(lattice_shape)) != n_inputs):
-            raise ValueError(f"lattice_shape {tuple(lattice_shape)} must be 1-D or 2-D and hold "
-                             f"{n_inputs} features")
+            raise ValueError(
+                f"feature_names has {len(feature_names)} names but the network has {n_inputs} inputs"
+            )
+        if lattice_shape is not None and (
+            len(lattice_shape) not in (1, 2) or int(np.prod(lattice_shape)) != n_inputs
+        ):
+            raise ValueError(
+                f"lattice_shape {tuple(lattice_shape)} must be 1-D or 2-D and hold {n_inputs} features"
+            )
         if (X_test is None) != (y_test is None):
             raise ValueError("give both X_test and y_test, or neither")
 
@@ -116,8 +144,9 @@ class LandscapeExplorer(widgets.VBox):
         self.status.add_class("hv-landscape-status")
         controls = self._build_controls()
 
-        right = widgets.VBox([self.relevance_box, self.conserved_figure, self.stats],
-                             layout=widgets.Layout(width="45%"))
+        right = widgets.VBox(
+            [self.relevance_box, self.conserved_figure, self.stats], layout=widgets.Layout(width="45%")
+        )
         left = widgets.VBox([self.graph_figure], layout=widgets.Layout(width="55%"))
         heading = widgets.HTML(f"<h3 style='margin:4px 0'>{title or 'Energy landscape'}</h3>")
         super().__init__([heading, controls, self.status, widgets.HBox([left, right])])
@@ -134,33 +163,48 @@ class LandscapeExplorer(widgets.VBox):
         g = self.graph
         self.x_scale, self.y_scale = bq.LinearScale(), bq.LinearScale()
         xy = {"x": self.x_scale, "y": self.y_scale}
-        self.branches = bq.Lines(x=g.segments[:, :, 0], y=g.segments[:, :, 1], scales=xy,
-                                 colors=["#555555"], stroke_width=1.2)
+        self.branches = bq.Lines(
+            x=g.segments[:, :, 0], y=g.segments[:, :, 1], scales=xy, colors=["#555555"], stroke_width=1.2
+        )
         self.colour_scale = bq.OrdinalColorScale(colors=BASIN_COLOURS)
         self.points = bq.Scatter(
-            x=g.minimum_x, y=g.minimum_energy, color=self._basin_colours(),
-            scales=dict(xy, color=self.colour_scale), default_size=60, stroke="white",
+            x=g.minimum_x,
+            y=g.minimum_energy,
+            color=self._basin_colours(),
+            scales=dict(xy, color=self.colour_scale),
+            default_size=60,
+            stroke="white",
             interactions={"click": "select", "hover": "tooltip"},
             selected_style={"stroke": "black", "stroke-width": "3"},
-            tooltip=bq.Tooltip(fields=["index", "y"], formats=["", ".5g"],
-                               labels=["position", "loss"]),
+            tooltip=bq.Tooltip(fields=["index", "y"], formats=["", ".5g"], labels=["position", "loss"]),
         )
-        axes = [bq.Axis(scale=self.x_scale, label="minima", num_ticks=0),
-                bq.Axis(scale=self.y_scale, label="regularised loss", side="left",
-                        tick_format=".3g")]
-        self.graph_figure = _figure([self.branches, self.points], axes,
-                                    "Disconnectivity graph: click a minimum", "480px")
+        axes = [
+            bq.Axis(scale=self.x_scale, label="minima", num_ticks=0),
+            bq.Axis(scale=self.y_scale, label="regularised loss", side="left", tick_format=".3g"),
+        ]
+        self.graph_figure = _figure(
+            [self.branches, self.points], axes, "Disconnectivity graph: click a minimum", "480px"
+        )
         self.graph_figure.add_class("hv-landscape-graph")
         self.points.observe(self._points_selected, "selected")
 
     def _build_relevance(self) -> None:
         self.bar_x, self.bar_y = bq.OrdinalScale(), bq.LinearScale(min=0.0)
-        self.bars = bq.Bars(x=self.feature_names, y=np.zeros(len(self.feature_names)),
-                            scales={"x": self.bar_x, "y": self.bar_y}, colors=["#1f77b4"])
+        self.bars = bq.Bars(
+            x=self.feature_names,
+            y=np.zeros(len(self.feature_names)),
+            scales={"x": self.bar_x, "y": self.bar_y},
+            colors=["#1f77b4"],
+        )
         self.relevance_figure = _figure(
-            [self.bars], [bq.Axis(scale=self.bar_x, label="input feature"),
-                          bq.Axis(scale=self.bar_y, label="relevance", side="left")],
-            "Feature relevance of the basin", "260px")
+            [self.bars],
+            [
+                bq.Axis(scale=self.bar_x, label="input feature"),
+                bq.Axis(scale=self.bar_y, label="relevance", side="left"),
+            ],
+            "Feature relevance of the basin",
+            "260px",
+        )
         self.relevance_figure.add_class("hv-relevance")
         children = [self.relevance_figure]
         if self.lattice_shape is not None:
@@ -177,17 +221,28 @@ class LandscapeExplorer(widgets.VBox):
         if len(self.lattice_shape) == 1 or self.lattice_shape[0] == 1:
             angle = 2 * np.pi * np.arange(n_sites) / n_sites
             sites = bq.Scatter(
-                x=np.sin(angle), y=np.cos(angle), color=np.zeros(n_sites), default_size=300,
-                scales={"x": bq.LinearScale(min=-1.3, max=1.3), "y": bq.LinearScale(min=-1.3, max=1.3),
-                        "color": colours},
-                stroke="#444444", names=self.feature_names, display_names=True,
+                x=np.sin(angle),
+                y=np.cos(angle),
+                color=np.zeros(n_sites),
+                default_size=300,
+                scales={
+                    "x": bq.LinearScale(min=-1.3, max=1.3),
+                    "y": bq.LinearScale(min=-1.3, max=1.3),
+                    "color": colours,
+                },
+                stroke="#444444",
+                names=self.feature_names,
+                display_names=True,
                 interactions={"hover": "tooltip"},
-                tooltip=bq.Tooltip(fields=["name", "color"], formats=["", ".3f"],
-                                   labels=["site", "relevance"]))
+                tooltip=bq.Tooltip(
+                    fields=["name", "color"], formats=["", ".3f"], labels=["site", "relevance"]
+                ),
+            )
             return sites, _figure([sites], [], "Relevance per site (chain drawn as a ring)", "260px")
-        grid = bq.GridHeatMap(color=np.zeros(self.lattice_shape),
-                              scales={"row": bq.OrdinalScale(), "column": bq.OrdinalScale(),
-                                      "color": colours})
+        grid = bq.GridHeatMap(
+            color=np.zeros(self.lattice_shape),
+            scales={"row": bq.OrdinalScale(), "column": bq.OrdinalScale(), "color": colours},
+        )
         return grid, _figure([grid], [], "Relevance on the lattice", "220px")
 
     def _build_conserved(self) -> None:
@@ -195,35 +250,43 @@ class LandscapeExplorer(widgets.VBox):
         rows, columns = bq.OrdinalScale(), bq.OrdinalScale()
         self.conserved_map = bq.GridHeatMap(
             color=np.zeros((h, len(self.feature_names))),
-            row=[f"h{j}" for j in range(h)], column=self.feature_names,
-            scales={"row": rows, "column": columns,
-                    "color": bq.ColorScale(scheme="Greens", min=0.0, max=1.0)})
-        axes = [bq.Axis(scale=columns, label="input feature"),
-                bq.Axis(scale=rows, label="hidden unit", side="left")]
-        self.conserved_figure = _figure([self.conserved_map], axes,
-                                        "Conserved input weights: |mean| / (|mean| + spread)", "240px")
+            row=[f"h{j}" for j in range(h)],
+            column=self.feature_names,
+            scales={
+                "row": rows,
+                "column": columns,
+                "color": bq.ColorScale(scheme="Greens", min=0.0, max=1.0),
+            },
+        )
+        axes = [
+            bq.Axis(scale=columns, label="input feature"),
+            bq.Axis(scale=rows, label="hidden unit", side="left"),
+        ]
+        self.conserved_figure = _figure(
+            [self.conserved_map], axes, "Conserved input weights: |mean| / (|mean| + spread)", "240px"
+        )
         self.conserved_figure.add_class("hv-conserved-weights")
 
     def _build_controls(self) -> widgets.HBox:
         options = [("basin", "basin")] + ([("test accuracy", "accuracy")] if self.accuracy else [])
-        self.colour_toggle = widgets.ToggleButtons(options=options, value="basin",
-                                                   description="colour by")
-        self.colour_toggle.observe(
-            lambda change: setattr(self.state, "colour_by", change["new"]), "value")
+        self.colour_toggle = widgets.ToggleButtons(options=options, value="basin", description="colour by")
+        self.colour_toggle.observe(lambda change: setattr(self.state, "colour_by", change["new"]), "value")
         bottoms = sorted(set(self.basins.values()), key=lambda b: self.records[b].loss)
         sizes = {b: sum(1 for v in self.basins.values() if v == b) for b in bottoms}
         self.basin_picker = widgets.Dropdown(
-            options=[(f"bottom {b}: loss {self.records[b].loss:.5g}, {sizes[b]} minima", b)
-                     for b in bottoms],
-            value=bottoms[0], description="basin")
+            options=[(f"bottom {b}: loss {self.records[b].loss:.5g}, {sizes[b]} minima", b) for b in bottoms],
+            value=bottoms[0],
+            description="basin",
+        )
         self.basin_picker.observe(self._basin_picked, "value")
         items = [self.basin_picker, self.colour_toggle]
         if self.lattice_shape is not None:
             self.view_toggle = widgets.ToggleButtons(
-                options=[("bars", "bars"), ("lattice", "lattice")], value="bars",
-                description="relevance")
+                options=[("bars", "bars"), ("lattice", "lattice")], value="bars", description="relevance"
+            )
             self.view_toggle.observe(
-                lambda change: setattr(self.state, "relevance_view", change["new"]), "value")
+                lambda change: setattr(self.state, "relevance_view", change["new"]), "value"
+            )
             items.append(self.view_toggle)
         return widgets.HBox(items, layout=widgets.Layout(flex_flow="row wrap"))
 
@@ -274,8 +337,10 @@ class LandscapeExplorer(widgets.VBox):
         self.conserved_map.color = conserved.conservation
         self.stats.value = self._stats_html(minimum_id, conserved)
         top = self.feature_names[int(np.argmax(relevance))]
-        self.state.status = (f"minimum {minimum_id} selected: basin of {len(conserved.minimum_ids)} "
-                             f"minima, most relevant feature {top}")
+        self.state.status = (
+            f"minimum {minimum_id} selected: basin of {len(conserved.minimum_ids)} "
+            f"minima, most relevant feature {top}"
+        )
 
     def _stats_html(self, minimum_id: int, conserved: ConservedWeights) -> str:
         record = self.records[minimum_id]
@@ -287,18 +352,20 @@ class LandscapeExplorer(widgets.VBox):
             ("times found", f"{record.hits}"),
             ("basin bottom", f"{self.basins[minimum_id]}"),
             ("minima in basin", f"{len(members)}"),
-            ("basin loss range",
-             f"{min(self.records[m].loss for m in members):.6g} – "
-             f"{max(self.records[m].loss for m in members):.6g}"),
-            (f"basin occupation at T={self.temperature:g}",
-             f"{sum(self.occupation[m] for m in members):.3g}"),
+            (
+                "basin loss range",
+                f"{min(self.records[m].loss for m in members):.6g} – "
+                f"{max(self.records[m].loss for m in members):.6g}",
+            ),
+            (
+                f"basin occupation at T={self.temperature:g}",
+                f"{sum(self.occupation[m] for m in members):.3g}",
+            ),
         ]
         if self.accuracy is not None:
             rows.append(("test accuracy", f"{self.accuracy[minimum_id]:.3f}"))
-            rows.append(("basin mean test accuracy",
-                         f"{np.mean([self.accuracy[m] for m in members]):.3f}"))
-        body = "".join(f"<tr><td>{k}</td><td style='text-align:right'><b>{v}</b></td></tr>"
-                       for k, v in rows)
+            rows.append(("basin mean test accuracy", f"{np.mean([self.accuracy[m] for m in members]):.3f}"))
+        body = "".join(f"<tr><td>{k}</td><td style='text-align:right'><b>{v}</b></td></tr>" for k, v in rows)
         return f"<table class='hv-stats-table'>{body}</table>"
 
     def _colour_changed(self, change) -> None:

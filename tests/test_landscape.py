@@ -312,8 +312,14 @@ def test_bad_queries_are_refused(connected):
         land.connect(land.minima[0].id)
     with pytest.raises(ValueError, match="not the id"):
         land.connect(land.minima[0].id, 10_000)
+    with pytest.raises(ValueError, match="n_images"):
+        land.connect(land.minima[0].id, land.minima[1].id, n_images=0)
+    with pytest.raises(ValueError, match="max_attempts"):
+        land.connect(land.minima[0].id, land.minima[1].id, max_attempts=0)
     with pytest.raises(ValueError, match="levels"):
         land.disconnectivity_graph(levels=0)
+    with pytest.raises(ValueError, match="levels"):
+        land.disconnectivity_graph(levels=[0.1, float("nan")])
     with pytest.raises(ValueError, match="group"):
         land.conserved_weights([10_000])
     with pytest.raises(ValueError, match="basin"):

@@ -123,6 +123,9 @@ def test_minima_are_true_minima(connected):
         assert eigenvalues.min() > 0
         np.testing.assert_allclose(m.eigenvalues, eigenvalues, rtol=1e-8, atol=1e-12)
         assert m.loss == pytest.approx(float(ref(torch.tensor(m.coords))), rel=1e-12)
+        # exact symmetry: shifting every output unit's weights and bias by the same amount leaves the
+        # softmax unchanged, so hidden + 1 directions are curved by the L2 term alone
+        assert np.sum(np.isclose(eigenvalues, land.weight_decay, rtol=1e-6)) >= land.hidden + 1
 
 
 def steepest_descent_end(ref, start, steps=20000, lr=0.5):

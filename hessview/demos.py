@@ -33,6 +33,7 @@ from hessview.toolbox import HessianToolbox
 DEMO_SETTINGS = {
     "fermi-hubbard": {
         "version": 1,
+        "train_stride": 1,
         "weight_decay": 1e-3,
         "epochs": 300,
         "lbfgs_steps": 300,
@@ -157,6 +158,7 @@ def _fit(model, X, y, settings, progress):
 
 def _build_fermi_hubbard(folder: Path, settings: dict, progress: bool) -> None:
     train_set = fermi_hubbard_split("train", progress=progress)
+    train_set = train_set.subset(slice(None, None, settings["train_stride"]))
     test_set = fermi_hubbard_split("test", progress=progress)
     scaler = MinMaxScaler().fit(train_set.X)
     X_train = scaler.transform(train_set.X)[:, None, :]

@@ -1,0 +1,81 @@
+"""load_demo: builds once, then only reads; rebuilds when settings change or a build was cut short."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hessview import HessianToolbox, demos
+from hessview.datasets import CRITICAL_TEMPERATURE
+
+SMALL = {
+    "ising": {"version": 1, "L": 8, "train_T": [1.5, 3.5, 6], "test_T": [1.6, 3.4, 4],
+              "n_per_T_train": 6, "n_per_T_test": 2, "weight_decay": 1e-2, "epochs": 100,
+              "lbfgs_steps": 200, "seed": 0},
+    "fermi-hubbard": {"version": 1, "train_stride": 50, "weight_decay": 1e-2, "epochs": 100,
+                      "lbfgs_steps": 100, "seed": 0},
+}
+
+
+@pytest.fixture
+def small(monkeypatch, tmp_path):
+    monkeypatch.setenv("HESSVIEW_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(demos, "DEMO_SETTINGS", json.loads(json.dumps(SMALL)))
+    return tmp_path
+
+
+def forbid_work(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("trained or fitted although cached")
+
+    monkeypatch.setattr(demos, "train", fail)
+    monkeypatch.setattr(HessianToolbox, "fit", fail)
+
+
+def test_ising_demo_builds_then_loads_without_training(small, monkeypatch):
+    demo = demos.load_demo("ising", progress=False)
+    assert demo.render == "2d" and demo.x_label == "T" and demo.name == "ising"
+    assert demo.X_test.shape == (8, 8, 8) and demo.train_x.shape == (36,)
+    np.testing.assert_array_equal(demo.y_test, (demo.x < CRITICAL_TEMPERATURE).astype(int))
+    assert demo.toolbox.n_train == 36 and demo.toolbox.weight_decay == 1e-2
+    probabilities = torch.softmax(demo.model(torch.as_tensor(demo.X_test)), 1).detach().numpy()
+    np.testing.assert_allclose(demo.toolbox.predict(demo.X_test), probabilities, atol=1e-12)
+    assert demo.report["gradient_norm"] < 1e-3 * demo.report["median_sample_gradient_norm"]
+
+    forbid_work(monkeypatch)
+    again = demos.load_demo("ising", progress=False)
+    torch.testing.assert_close(again.toolbox.eigenvalues, demo.toolbox.eigenvalues)
+    np.testing.assert_array_equal(again.X_test, demo.X_test)
+    np.testing.assert_allclose(again.toolbox.influence(again.X_test[:2]),
+                               demo.toolbox.influence(demo.X_test[:2]), rtol=1e-10)
+
+
+def test_fermi_hubbard_demo_has_the_papers_input_shape_and_test_grid(small):
+    demo = demos.load_demo("fermi-hubbard", progress=False)
+    assert demo.X_test.shape == (50, 1, 924) and demo.render == "1d" and demo.x_label == "V1/J"
+    assert demo.toolbox.X_train.shape == (20, 1, 924)
+    assert demo.x.min() == pytest.approx(0.01) and demo.x.max() == pytest.approx(39.0)
+    assert demo.class_names == ["LL", "CDW-I"]
+    assert sum(p.numel() for p in demo.model.parameters()) == 740
+    assert 0.0 <= demo.X_test.min() and demo.toolbox.X_train.max() == pytest.approx(1.0)
+
+
+def test_changed_settings_or_interrupted_build_rebuild(small, monkeypatch):
+    first = demos.load_demo("ising", progress=False)
+    folder = small / "demos" / "ising"
+    (folder / "meta.json").unlink()  # a build cut short before its last write
+    rebuilt = demos.load_demo("ising", progress=False)
+    torch.testing.assert_close(rebuilt.toolbox.eigenvalues, first.toolbox.eigenvalues)
+    demos.DEMO_SETTINGS["ising"]["weight_decay"] = 2e-2
+    changed = demos.load_demo("ising", progress=False)
+    assert changed.toolbox.weight_decay == 2e-2
+    forbid_work(monkeypatch)
+    with pytest.raises(AssertionError, match="cached"):
+        demos.load_demo("ising", progress=False, rebuild=True)
+
+
+@pytest.mark.parametrize("name, error", [("mnist", ValueError), (None, TypeError)])
+def test_unknown_demo_raises(name, error):
+    with pytest.raises(error, match="demo"):
+        demos.load_demo(name)

@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DEMO = "fermi-hubbard"
+DEMO = os.environ.get("HESSVIEW_DEMO", "fermi-hubbard")  # the app notebook serves this one
 K = 5  # the explorer's default
 N_RESAMPLES = 200  # the explorer's default
 

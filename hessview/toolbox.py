@@ -443,6 +443,10 @@ class HessianToolbox:
         self._require_fit()
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
+        if not isinstance(M, torch.Tensor) or M.ndim != 2 or M.shape[0] != self.n_params:
+            shape = tuple(M.shape) if isinstance(M, torch.Tensor) else type(M).__name__
+            raise ValueError(f"M must be a ({self.n_params}, k) tensor of parameter vectors, not {shape}")
+        M = M.to(self.dtype)
         if solver == "eig":
             return self._apply_inverse(M)
         delta = self.damping_

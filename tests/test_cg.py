@@ -55,7 +55,9 @@ def trained():
 @pytest.mark.parametrize("curvature", ["hessian", "ggn"])
 def test_cg_influence_matches_the_dense_solve(trained, curvature):
     model, X, y = trained
-    tb = HessianToolbox(model, X, y, weight_decay=0.05, damping=0.01, curvature=curvature, progress=False).fit()
+    tb = HessianToolbox(
+        model, X, y, weight_decay=0.05, damping=0.01, curvature=curvature, progress=False
+    ).fit()
     X_test = X[:4] + 0.1
     g_test = tb.test_gradients(X_test)
     dense = tb.hessian + 0.01 * torch.eye(tb.n_params, dtype=torch.float64)
@@ -75,3 +77,18 @@ def test_cg_in_lowrank_mode_is_exact_not_low_rank(trained):
     )
     with pytest.warns(ConjugateGradientWarning):
         tb.influence(X_test, solver="cg", tol=1e-12, maxiter=2)
+
+
+def test_inverse_hvp_solvers_agree_and_refuse_bad_input(trained):
+    model, X, y = trained
+    tb = HessianToolbox(model, X, y, weight_decay=0.05, progress=False).fit()
+    M = torch.randn(tb.n_params, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    dense = torch.linalg.solve(tb.hessian + tb.damping_ * torch.eye(tb.n_params, dtype=torch.float64), M)
+    torch.testing.assert_close(tb.inverse_hvp(M), dense, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(tb.inverse_hvp(M, solver="cg", tol=1e-12), dense, rtol=1e-8, atol=1e-10)
+    with pytest.raises(ValueError, match=r"M must be a \(32, k\) tensor"):
+        tb.inverse_hvp(M[:5])
+    with pytest.raises(ValueError, match="M must be"):
+        tb.inverse_hvp(M.numpy())
+    with pytest.raises(ValueError, match="solver must be one of"):
+        tb.inverse_hvp(M, solver="lu")

@@ -55,7 +55,7 @@ def test_ggn_is_positive_semi_definite_where_the_hessian_is_not(recwarn):
 
 
 def test_ggn_equals_hessian_for_a_model_linear_in_its_parameters(recwarn):
-    """f = X theta with squared error: the dropped term sum_k dL/df_k d^2 f_k vanishes, so G = H = 2 X^T X / n."""
+    """f = X theta, squared error: the dropped term sum_k dL/df_k d^2 f_k vanishes: G = H = 2 X^T X / n."""
     g = torch.Generator().manual_seed(1)
     X = torch.randn(40, 4, generator=g, dtype=torch.float64)
     y = torch.randn(40, 1, generator=g, dtype=torch.float64)

@@ -96,7 +96,9 @@ def test_lowrank_inverse_is_exact_when_the_data_curvature_has_rank_r(monkeypatch
     assert "_train_gradients" not in streamed.__dict__
     with pytest.raises(AttributeError, match="not kept"):
         streamed.train_gradients  # noqa: B018
-    np.testing.assert_allclose(streamed.influence(X_test[:6]), exact.influence(X_test[:6]), rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(
+        streamed.influence(X_test[:6]), exact.influence(X_test[:6]), rtol=1e-7, atol=1e-12
+    )
     np.testing.assert_allclose(streamed.relatif(X_test[:6]), exact.relatif(X_test[:6]), rtol=1e-7, atol=1e-12)
     c = streamed.uncertainty(X_test[:6], n_resamples=30)
     np.testing.assert_allclose(c.samples, b.samples, rtol=1e-7, atol=1e-12)
@@ -150,7 +152,9 @@ def test_auto_picks_by_memory_and_says_so(trained, monkeypatch):
     tb = HessianToolbox(model, X, y, weight_decay=WD, method="auto", rank=6, progress=False).fit()
     assert tb.method_ == "lowrank" and "GB" in tb.method_reason_
     assert "method              lowrank: auto: top 6 eigenpairs by Lanczos" in tb.summary()
-    np.testing.assert_allclose(tb.eigenvalues.numpy(), top_by_magnitude(exact.eigenvalues, 6).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(
+        tb.eigenvalues.numpy(), top_by_magnitude(exact.eigenvalues, 6).numpy(), rtol=1e-4
+    )
 
 
 def test_memory_guard_points_to_lowrank(trained, monkeypatch):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import re
+import struct
 import warnings
+import zlib
 
-import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from torch import nn
 
 from hessview import HessianToolbox
 from hessview.widgets import Explorer, ExplorerResults, LatticeRenderer, LineRenderer, Renderer
+from hessview.widgets.renderers import HIGH_COLOUR, LOW_COLOUR
 
 N_RESAMPLES = 40
 REQUIRED_CLASSES = {
@@ -97,6 +99,24 @@ def expected_top(scores_row, k):
     helpful = [j for j in ranked if scores_row[j] > 0][:k]
     harmful = [j for j in reversed(ranked) if scores_row[j] < 0][:k]
     return helpful, harmful
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """Minimal PNG reader (8-bit RGB, filter type 0): the pixels as an (h, w, 3) array."""
+    data = bytes(data)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, at = {}, 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        tag, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        assert struct.unpack(">I", data[at + 8 + length : at + 12 + length])[0] == zlib.crc32(tag + body)
+        chunks[tag] = chunks.get(tag, b"") + body
+        at += 12 + length
+    width, height, depth, colour_type = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, colour_type) == (8, 2)
+    rows = np.frombuffer(zlib.decompress(chunks[b"IDAT"]), np.uint8).reshape(height, 1 + 3 * width)
+    assert (rows[:, 0] == 0).all()
+    return rows[:, 1:].reshape(height, width, 3)
 
 
 def attrs(html, name):
@@ -322,11 +342,16 @@ def test_lattice_and_user_renderers(problem):
     tb = fit_toolbox(nn.Sequential(nn.Flatten(), nn.Linear(9, 2)), spins, y)
     ex = Explorer(tb, spins[:4], y[:4], k=2, n_resamples=N_RESAMPLES)
     assert isinstance(ex.gallery.renderer, LatticeRenderer)
-    for card, caption, view in ex.gallery.cards["helpful"]:
+    drawn = 0
+    for card, caption, view in ex.gallery.cards["helpful"] + ex.gallery.cards["harmful"]:
         if card.layout.display != "none":
             j = int(attrs(caption.value, "train-index")[0])
-            assert isinstance(view.marks[0], bq.GridHeatMap)
-            np.testing.assert_array_equal(view.marks[0].color, spins[j].numpy())
+            pixels = decode_png(view.value)
+            up = spins[j].numpy() > 0
+            np.testing.assert_array_equal(pixels[up], np.broadcast_to(HIGH_COLOUR, (up.sum(), 3)))
+            np.testing.assert_array_equal(pixels[~up], np.broadcast_to(LOW_COLOUR, ((~up).sum(), 3)))
+            drawn += 1
+    assert drawn > 0
 
     seen = []
 
@@ -416,3 +441,5 @@ def test_renderer_base_and_lattice_shape_errors():
         Renderer().create()
     with pytest.raises(ValueError, match="square lattice"):
         LatticeRenderer().update(LatticeRenderer().create(), np.zeros(5))
+    with pytest.raises(ValueError, match="vmax must exceed vmin"):
+        LatticeRenderer(vmin=1, vmax=1)

@@ -60,7 +60,8 @@ class GalleryView:
             )
             row.add_class(f"hv-gallery-{role}")
             rows += [self.headings[role], row]
-        self.widget = widgets.VBox(rows)
+        pixelated = widgets.HTML("<style>.hv-lattice { image-rendering: pixelated; }</style>")
+        self.widget = widgets.VBox([pixelated, *rows])
         self.widget.add_class("hv-gallery")
 
     def _card(self) -> tuple[widgets.VBox, widgets.HTML, widgets.Widget]:

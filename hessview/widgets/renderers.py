@@ -7,6 +7,8 @@ A renderer makes a thumbnail widget once (:meth:`Renderer.create`) and redraws i
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from collections.abc import Callable
 
 import bqplot as bq
@@ -69,25 +71,54 @@ def as_lattice(example: np.ndarray) -> np.ndarray:
     return values
 
 
+LOW_COLOUR = (0xD6, 0x27, 0x28)  # vmin (spin down): red
+HIGH_COLOUR = (0x1F, 0x4E, 0x99)  # vmax (spin up): dark blue
+
+
+def lattice_png(values: np.ndarray, vmin: float, vmax: float) -> bytes:
+    """Encode a 2D array as an RGB PNG, one pixel per site, colours blended from vmin to vmax.
+
+    A PNG is one image message to the browser, where a grid heat map of L x L cells would be
+    L x L SVG elements to update (the thumbnails are upscaled with ``image-rendering: pixelated``).
+
+    >>> lattice_png(np.array([[-1.0, 1.0]]), -1, 1)[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
+    True
+    """
+    fraction = np.clip((np.asarray(values, dtype=np.float64) - vmin) / (vmax - vmin), 0, 1)[..., None]
+    rgb = np.round((1 - fraction) * LOW_COLOUR + fraction * np.array(HIGH_COLOUR)).astype(np.uint8)
+    height, width = rgb.shape[:2]
+    rows = b"".join(b"\x00" + row.tobytes() for row in rgb)  # filter type 0 on every row
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
 class LatticeRenderer(Renderer):
-    """A 2D lattice configuration (e.g. Ising spins) drawn as a grid heat map."""
+    """A 2D lattice configuration (e.g. Ising spins) drawn as a small image, one pixel per site."""
 
     def __init__(self, vmin: float = -1.0, vmax: float = 1.0):
+        if not vmax > vmin:
+            raise ValueError(f"vmax must exceed vmin, got vmin={vmin}, vmax={vmax}")
         self.vmin, self.vmax = float(vmin), float(vmax)
 
-    def create(self) -> bq.Figure:
-        """Return a small figure holding a blank grid heat map."""
-        grid = bq.GridHeatMap(
-            color=np.zeros((2, 2)),
-            scales={"color": bq.ColorScale(scheme="RdBu", min=self.vmin, max=self.vmax)},
-            stroke=None,
-        )
-        layout = dict(THUMBNAIL_LAYOUT, width=THUMBNAIL_LAYOUT["height"])
-        return bq.Figure(marks=[grid], fig_margin=_MARGIN, layout=layout)
+    def create(self) -> widgets.Image:
+        """Return an empty square image."""
+        side = THUMBNAIL_LAYOUT["height"]
+        image = widgets.Image(format="png", layout=widgets.Layout(width=side, height=side))
+        image.add_class("hv-lattice")
+        return image
 
-    def update(self, view: bq.Figure, example: np.ndarray) -> None:
-        """Colour the grid with the example's values."""
-        view.marks[0].color = as_lattice(example)
+    def update(self, view: widgets.Image, example: np.ndarray) -> None:
+        """Show the example's values as a PNG."""
+        view.value = lattice_png(as_lattice(example), self.vmin, self.vmax)
 
 
 class CallableRenderer(Renderer):

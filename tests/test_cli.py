@@ -16,6 +16,7 @@ import pytest
 import hessview.cli as cli
 
 ROOT = Path(__file__).resolve().parents[1]
+DEMO = os.environ.get("HESSVIEW_DEMO", "fermi-hubbard")  # served by the end-to-end test below
 
 
 @pytest.mark.parametrize(
@@ -115,13 +116,13 @@ def listening_addresses(port: int) -> set[str]:
 def demo_cache():
     from hessview.demos import load_demo
 
-    return load_demo("fermi-hubbard", progress=False)
+    return load_demo(DEMO, progress=False)
 
 
 def test_app_serves_the_explorer_on_localhost(demo_cache):
     port = cli.free_port(18866)
     server = subprocess.Popen(
-        [sys.executable, "-m", "hessview.cli", "app", "fermi-hubbard", "--no-browser", "--port", str(port)],
+        [sys.executable, "-m", "hessview.cli", "app", DEMO, "--no-browser", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -130,7 +131,7 @@ def test_app_serves_the_explorer_on_localhost(demo_cache):
     )
     try:
         lines = [server.stdout.readline() for _ in range(2)]  # "preparing ...", then "serving ..."
-        assert f"serving the 'fermi-hubbard' explorer at http://127.0.0.1:{port}/" in lines[1]
+        assert f"serving the {DEMO!r} explorer at http://127.0.0.1:{port}/" in lines[1]
         deadline, page = time.monotonic() + 120, None
         while time.monotonic() < deadline and server.poll() is None:
             try:

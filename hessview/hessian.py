@@ -82,18 +82,31 @@ def flat_hessian(
     """
     n = theta.numel()
     chunk = n if chunk_size is None else max(1, int(chunk_size))
-    grad_fn = grad(func)
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        return jvp(grad_fn, (theta,), (v,))[1]
-
     eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
     rows = [
-        vmap(hvp)(eye[start : start + chunk])
+        hessian_matmat_forward(func, theta, eye[start : start + chunk])
         for start in tqdm(range(0, n, chunk), desc="Hessian rows", disable=not progress, leave=False)
     ]
     hessian = torch.cat(rows).detach()
     return (hessian + hessian.T) / 2
+
+
+def hessian_matmat_forward(
+    func: Callable[[torch.Tensor], torch.Tensor], theta: torch.Tensor, V: torch.Tensor
+) -> torch.Tensor:
+    """Hessian-vector products :math:`H v` for every row ``v`` of ``V`` ``(k, P)``, forward over reverse.
+
+    ``jvp`` of ``grad``, vmapped over the rows: on the paper's CNN about 4x cheaper per product than the
+    reverse-over-reverse :func:`hessian_matmat`, but forward-mode AD must not run in several threads at once.
+
+    >>> A = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    >>> theta, basis = torch.ones(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    >>> hessian_matmat_forward(lambda t: 0.5 * t @ A @ t, theta, basis)
+    tensor([[2., 1.],
+            [1., 3.]], dtype=torch.float64)
+    """
+    grad_fn = grad(func)
+    return vmap(lambda v: jvp(grad_fn, (theta,), (v,))[1])(V).detach()
 
 
 def hessian_matmat(

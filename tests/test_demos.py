@@ -13,7 +13,7 @@ SMALL = {
     "ising": {"version": 1, "L": 8, "train_T": [1.5, 3.5, 6], "test_T": [1.6, 3.4, 4],
               "n_per_T_train": 6, "n_per_T_test": 2, "weight_decay": 1e-2, "epochs": 100,
               "lbfgs_steps": 200, "seed": 0},
-    "fermi-hubbard": {"version": 1, "train_stride": 50, "weight_decay": 1e-2, "epochs": 100,
+    "fermi-hubbard": {"version": 1, "train_stride": 100, "weight_decay": 1e-2, "epochs": 100,
                       "lbfgs_steps": 100, "seed": 0},
 }
 
@@ -54,7 +54,7 @@ def test_ising_demo_builds_then_loads_without_training(small, monkeypatch):
 def test_fermi_hubbard_demo_has_the_papers_input_shape_and_test_grid(small):
     demo = demos.load_demo("fermi-hubbard", progress=False)
     assert demo.X_test.shape == (50, 1, 924) and demo.render == "1d" and demo.x_label == "V1/J"
-    assert demo.toolbox.X_train.shape == (20, 1, 924)
+    assert demo.toolbox.X_train.shape == (10, 1, 924)
     assert demo.x.min() == pytest.approx(0.01) and demo.x.max() == pytest.approx(39.0)
     assert demo.class_names == ["LL", "CDW-I"]
     assert sum(p.numel() for p in demo.model.parameters()) == 740

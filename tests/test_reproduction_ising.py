@@ -31,12 +31,14 @@ def per_temperature(values, temperature):
     return T, np.array([values[temperature == t].mean() for t in T])
 
 
+@pytest.mark.slow
 def test_accuracy_on_unseen_temperatures(fitted):
     toolbox, test = fitted
     predicted = toolbox.predict(test.X).argmax(1)
     assert np.mean(predicted == test.y) >= 0.9
 
 
+@pytest.mark.slow
 def test_critical_temperature_from_the_half_probability_crossing(fitted):
     toolbox, test = fitted
     T, p_ordered = per_temperature(toolbox.predict(test.X)[:, 1], test.temperature)
@@ -47,6 +49,7 @@ def test_critical_temperature_from_the_half_probability_crossing(fitted):
     assert abs(crossing - CRITICAL_TEMPERATURE) < 0.1
 
 
+@pytest.mark.slow
 def test_uncertainty_is_largest_near_the_transition(fitted):
     toolbox, test = fitted
     std = toolbox.uncertainty(test.X, n_resamples=100, seed=0).std[:, 1]

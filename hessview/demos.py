@@ -34,7 +34,7 @@ DEMO_SETTINGS = {
     "fermi-hubbard": {
         "version": 1,
         "train_stride": 1,
-        "weight_decay": 1e-3,
+        "weight_decay": 0.05 / 1000,  # the paper's lambda / n (objective: mean CE + w/2 ||theta||^2)
         "epochs": 300,
         "lbfgs_steps": 300,
         "seed": 0,

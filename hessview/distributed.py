@@ -4,26 +4,28 @@ Every sum over training samples the toolbox needs (Hessian or GGN blocks, curvat
 per-sample gradients and their products with a matrix) splits into independent pieces, one per
 :class:`Shard` of consecutive samples; the pieces are summed or concatenated in shard order, so an
 in-process run and a Dask run of the same shards give the same numbers up to rounding. Every product
-is reverse mode on Dask (forward-mode AD is not thread-safe in torch, and threaded Dask workers run tasks at
-once); in process, Hessian products use the faster forward-over-reverse mode.
+runs under one lock per process: ``torch.func`` transforms (vmap, grad, jvp) keep interpreter levels that
+break when two threads transform at once, and Dask workers, threaded or in-process, run tasks side by side.
 :class:`LocalBackend` (the default) needs nothing else; :class:`DaskBackend` sends each shard to a
 ``dask.distributed`` worker once (``client.scatter``) and then submits one task per shard and call.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from hessview.ggn import ggn_matmat
-from hessview.hessian import hessian_matmat, hessian_matmat_forward, per_sample_gradients
+from hessview.hessian import hessian_matmat_forward, per_sample_gradients
 from hessview.losses import per_sample_loss
 from hessview.params import FlatModel
 
 CURVATURES = ("hessian", "ggn")
 GRADIENT_BATCH = 512
+TRANSFORM_LOCK = threading.Lock()  # one torch.func computation at a time in this process
 
 
 @dataclass
@@ -40,7 +42,6 @@ class Shard:
     n_total: int
     start: int
     budget_bytes: float = 2e9
-    forward_mode: bool = False  # forward-over-reverse HVPs: faster, but not for threaded workers
 
     @property
     def theta(self) -> torch.Tensor:
@@ -63,8 +64,7 @@ class Shard:
 
     def _matmat(self, X, y, V: torch.Tensor, curvature: str) -> torch.Tensor:
         if curvature == "hessian":
-            matmat = hessian_matmat_forward if self.forward_mode else hessian_matmat
-            return matmat(lambda t: self._objective(t, X, y), self.theta, V)
+            return hessian_matmat_forward(lambda t: self._objective(t, X, y), self.theta, V)
         return ggn_matmat(self.flat, self.theta, X, self.loss, V, 1 / self.n_total)
 
     def dense_curvature(self, curvature: str, row_chunk: int, progress: bool = False) -> torch.Tensor:
@@ -129,7 +129,8 @@ def make_shards(flat: FlatModel, X, y, loss: str, shard_size: int) -> list[Shard
 
 
 def _call(shard: Shard, method: str, *args):
-    return getattr(shard, method)(*args)
+    with TRANSFORM_LOCK:
+        return getattr(shard, method)(*args)
 
 
 class LocalBackend:
@@ -139,8 +140,6 @@ class LocalBackend:
 
     def __init__(self, shards: list[Shard]):
         self.shards = shards
-        for shard in shards:  # one thread runs them: forward mode is safe and faster here
-            shard.forward_mode = True
 
     def map(self, method: str, *args, progress: bool = False, desc: str | None = None) -> list:
         """``[shard.method(*args) for shard in shards]``."""

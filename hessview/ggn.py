@@ -9,7 +9,7 @@ with :math:`J_j = \\partial f(x_j; \\theta) / \\partial \\theta` the ``K x P`` o
 term :math:`\\sum_k \\partial L/\\partial f_k \\, \\nabla^2 f_k` of the Hessian (Schraudolph, Neural
 Computation 14, 1723 (2002); Martens, JMLR 21, 1 (2020)). Products :math:`G v` use a vmapped
 Jacobian-vector product (as the transpose of a vector-Jacobian product), the output Hessian, and one
-vector-Jacobian product: reverse mode only, so that threads may run them at once.
+vector-Jacobian product.
 """
 
 from __future__ import annotations
@@ -52,7 +52,6 @@ def ggn_matmat(
 
     out, pullback = vjp(outputs, theta)
     # J v by the double-vjp trick: u -> J^T u is linear, so its own vjp with cotangent v is J v
-    # (reverse mode only: thread-safe, unlike forward-mode jvp)
     _, push = vjp(lambda u: pullback(u)[0], torch.zeros_like(out))
     jacobian_products = vmap(push)(V)[0]
     weighted = output_hessian_product(loss, out.detach().unsqueeze(0), jacobian_products)

@@ -79,3 +79,24 @@ def test_shards_survive_dask_serialisation(problem):
     V = torch.randn(3, tb.n_params, dtype=torch.float64)
     torch.testing.assert_close(copy.curvature_matmat(V, "hessian"), shard.curvature_matmat(V, "hessian"))
     torch.testing.assert_close(copy.gradients(), shard.gradients())
+
+
+def test_shard_work_from_many_threads_equals_one_after_another():
+    """Dask workers run tasks in threads of one process; torch.func breaks unless they take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hessview.distributed import _call, make_shards
+    from hessview.params import FlatModel
+
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(200, 3, generator=g, dtype=torch.float64)
+    y = (X[:, 0] > 0).long()
+    torch.manual_seed(1)
+    flat = FlatModel(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double(), torch.float64)
+    shards = make_shards(flat, X, y, "cross_entropy", 25)
+    sequential = [_call(s, "dense_curvature", "hessian", 16) for s in shards]
+    with ThreadPoolExecutor(len(shards)) as pool:
+        for _ in range(3):
+            threaded = list(pool.map(lambda s: _call(s, "dense_curvature", "hessian", 16), shards))
+            for a, b in zip(threaded, sequential, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -11,9 +11,9 @@ class Conv1dIm2col(nn.Conv1d):
     """``nn.Conv1d`` (stride 1, zero padding) computed as an im2col matrix product.
 
     Same parameters and results as ``nn.Conv1d``; exists because PyTorch's CPU float64 convolution with
-    one input channel falls back to a path about 50x slower than this product. The engine's in-process
-    Hessian (forward-over-reverse) differentiates it; vmapped reverse-over-reverse products (Dask workers)
-    cannot (``unfold_backward`` has no batching rule).
+    one input channel falls back to a path about 50x slower than this product. The engine's Hessian
+    (forward-over-reverse) differentiates it; vmapped reverse-over-reverse products could not
+    (``unfold_backward`` has no batching rule).
 
     >>> conv = Conv1dIm2col(2, 3, kernel_size=4, padding=1).double()
     >>> x = torch.randn(5, 2, 20, dtype=torch.float64)

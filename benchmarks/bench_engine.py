@@ -112,15 +112,16 @@ def hessian_baselines(args, model, tb, t_fit, make, X, y, wd):
     err = float((H_rows - tb.hessian[:rows]).abs().max())
     t_rows *= tb.n_params / rows
     print(
-        f"(a) row-by-row double backprop ({rows} of {tb.n_params} rows timed, scaled to all): {t_rows:.2f} s  "
-        f"ratio {t_rows / t_fit:.2f}x  max|diff| {err:.1e}"
+        f"(a) row-by-row double backprop ({rows} of {tb.n_params} rows timed, scaled to all): "
+        f"{t_rows:.2f} s  ratio {t_rows / t_fit:.2f}x  max|diff| {err:.1e}"
     )
 
     need = tb.n_params * n * X[0].numel() * 8 * 8
     if need < available_memory() / 2:
         t_vec, _ = timed(lambda: vectorized_autograd(tb, X, y), 1)
         print(
-            f"(b) autograd.functional.hessian(vectorize=True), n={n}: {t_vec:.2f} s  ratio {t_vec / t_fit:.1f}x"
+            f"(b) autograd.functional.hessian(vectorize=True), n={n}: {t_vec:.2f} s  "
+            f"ratio {t_vec / t_fit:.1f}x"
         )
     else:
         print(f"(b) autograd.functional.hessian(vectorize=True) at n={n} needs ~{need / 1e9:.0f} GB: skipped")
@@ -153,8 +154,9 @@ def query_benchmarks(args, model, tb, t_fit, X, y, X_test, y_test, wd):
         t_pydvl, theirs = timed(pydvl_run, args.repeats)
         r = np.corrcoef(-theirs.detach().numpy().ravel() / n, influence.ravel())[0, 1]
         print(
-            f"pyDVL DirectInfluence (Hessian batch {args.pydvl_batch}) fit + influence, 50 test points: {t_pydvl:.2f} s; hessview fit + "
-            f"influence {t_fit + t_inf:.2f} s  ratio {t_pydvl / (t_fit + t_inf):.1f}x  Pearson r {r:.6f}"
+            f"pyDVL DirectInfluence (Hessian batch {args.pydvl_batch}) fit + influence, 50 test points: "
+            f"{t_pydvl:.2f} s; hessview fit + influence {t_fit + t_inf:.2f} s  "
+            f"ratio {t_pydvl / (t_fit + t_inf):.1f}x  Pearson r {r:.6f}"
         )
 
     def queries():

@@ -45,18 +45,38 @@ ALL_PANELS_SHOW = """(index) => {
     return s.length > 0 && s.every((v) => v === String(index));
   });
 }"""
-# Click dot ``index`` and resolve with the milliseconds until every panel shows it.
+# Per panel: true once it shows test point ``index`` (the influence view names it in its title).
+PANEL_CHECKS = """{
+  detail: (i) => PANEL(i, '.hv-detail'),
+  uncertainty: (i) => PANEL(i, '.hv-uncertainty'),
+  extrapolation: (i) => PANEL(i, '.hv-extrapolation'),
+  gallery: (i) => PANEL(i, '.hv-gallery'),
+  influence: (i) => (document.querySelector('.hv-influence text.mainheading') || {}).textContent
+      ?.endsWith('#' + i),
+}"""
+PANEL = """(i, p) => {
+  const s = Array.from(document.querySelectorAll(p + ' [data-test-index]'))
+      .filter((el) => el.offsetParent !== null).map((el) => el.getAttribute('data-test-index'));
+  return s.length > 0 && s.every((v) => v === String(i));
+}"""
+# Click dot ``index``; resolve with the milliseconds until each panel shows it. The panels are
+# checked once per animation frame (when the browser would paint), not on every DOM mutation:
+# the check reads layout, and forcing a layout per mutation slowed the page it measured.
 TIMED_CLICK = """(index) => new Promise((resolve) => {
-  const allShow = ALL_PANELS_SHOW;
+  const PANEL_ = PANEL;
+  const checks = CHECKS;
+  const seen = {};
   const dot = document.querySelectorAll('.hv-main path.dot')[index];
   const start = performance.now();
-  const observer = new MutationObserver(() => {
-    if (allShow(index)) { observer.disconnect(); resolve(performance.now() - start); }
-  });
-  observer.observe(document.body, {subtree: true, childList: true, attributes: true,
-                                   characterData: true});
+  const frame = () => {
+    const t = performance.now() - start;
+    for (const [name, shows] of Object.entries(checks)) if (!(name in seen) && shows(index)) seen[name] = t;
+    if (Object.keys(seen).length === Object.keys(checks).length) resolve(seen);
+    else requestAnimationFrame(frame);
+  };
   dot.dispatchEvent(new MouseEvent('click', {bubbles: true}));
-})""".replace("ALL_PANELS_SHOW", ALL_PANELS_SHOW)
+  requestAnimationFrame(frame);
+})""".replace("CHECKS", PANEL_CHECKS.replace("PANEL(", "PANEL_(")).replace("PANEL;", PANEL + ";")
 
 
 def server_side(demo: str, clicks: int) -> dict[str, float]:
@@ -127,11 +147,11 @@ def wait_for_http(url: str, timeout: float = 60) -> None:
     raise TimeoutError(url)
 
 
-def browser(demo: str, clicks: int, starts: int) -> dict[str, float]:
-    """Median seconds: cold start to first interactive render, and click-to-updated-panels."""
+def browser(demo: str, clicks: int, starts: int) -> dict:
+    """Seconds: cold starts to first interactive render (with their phases), click-to-updated-panels."""
     from playwright.sync_api import sync_playwright
 
-    cold, latencies = [], []
+    cold, phases, latencies, per_panel = [], [], [], []
     with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
         for attempt in range(starts):
@@ -141,11 +161,22 @@ def browser(demo: str, clicks: int, starts: int) -> dict[str, float]:
             server = start_voila(demo, port)
             try:
                 wait_for_http(url)
+                serving = time.perf_counter() - start
                 page = chromium.new_page(viewport={"width": 1400, "height": 1700})
-                page.goto(url, timeout=180_000)
+                page.goto(url, timeout=180_000)  # Voila answers once the notebook has run
+                executed = time.perf_counter() - start
                 page.wait_for_selector(".hv-main path.dot", timeout=180_000)
+                drawn = time.perf_counter() - start
                 page.wait_for_function(ALL_PANELS_SHOW, arg=0, timeout=60_000)
                 cold.append(time.perf_counter() - start)
+                phases.append(
+                    {
+                        "voila serving": serving,
+                        "notebook run (page loaded)": executed,
+                        "main view drawn": drawn,
+                        "every panel filled": cold[-1],
+                    }
+                )
                 if attempt == 0:
                     n = page.locator(".hv-main path.dot").count()
                     rng = np.random.default_rng(1)
@@ -153,7 +184,9 @@ def browser(demo: str, clicks: int, starts: int) -> dict[str, float]:
                     for i in (int(i) for i in rng.integers(0, n, clicks)):
                         if i == previous:
                             i = (i + 1) % n
-                        latencies.append(page.evaluate(TIMED_CLICK, i) / 1000)
+                        seen = page.evaluate(TIMED_CLICK, i)
+                        per_panel.append(seen)
+                        latencies.append(max(seen.values()) / 1000)
                         previous = i
                 page.close()
             finally:
@@ -163,9 +196,15 @@ def browser(demo: str, clicks: int, starts: int) -> dict[str, float]:
     return {
         "cold_start": statistics.median(cold),
         "cold_starts": cold,
+        "cold_phases": {name: statistics.median(p[name] for p in phases) for name in phases[0]},
         "latency": statistics.median(latencies),
         "latency_p90": float(np.quantile(latencies, 0.9)),
+        "panels": {name: statistics.median(p[name] for p in per_panel) / 1000 for name in per_panel[0]},
     }
+
+
+def load_average() -> str:
+    return ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main() -> None:
@@ -177,10 +216,12 @@ def main() -> None:
     args = parser.parse_args()
 
     load_demo(args.demo, progress=True)  # caches present before anything is timed
+    load_before = load_average()
     server = server_side(args.demo, args.clicks)
     print(
         f"demo {args.demo}: {server['n_test']} test points, {server['n_train']} training points; "
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"load average (1, 5, 15 min) at start {load_before}"
     )
     rows = [
         ("server-side time per click (median)", server["click"], 0.020),
@@ -205,6 +246,18 @@ def main() -> None:
         goal_text = "" if goal is None else (f"{goal * 1000:.0f} ms" if goal < 1 else f"{goal:.0f} s")
         ratio = "" if goal is None else f"{value / goal:.2f}"
         print(f"| {name} | {shown} | {goal_text} | {ratio} |")
+    if not args.no_browser:
+        print(
+            "\nMedian ms from the click until each panel shows the clicked point: "
+            + ", ".join(f"{k} {v * 1000:.0f}" for k, v in seen["panels"].items())
+        )
+        print(
+            "Cold starts (s): "
+            + ", ".join(f"{c:.2f}" for c in seen["cold_starts"])
+            + "; median s since launching Voila: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in seen["cold_phases"].items())
+        )
+    print(f"Load average at the end: {load_average()}")
     print(
         f"\nOn-demand queries / precomputed click = {server['on_demand'] / server['click']:.0f} "
         "(same process, same points)."

@@ -7,6 +7,7 @@ click against the toolbox's own influence / RelatIF / RUE / extrapolation (the g
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import re
@@ -22,8 +23,16 @@ from support import train_model
 from torch import nn
 
 from hessview import HessianToolbox
-from hessview.widgets import Explorer, ExplorerResults, LatticeRenderer, LineRenderer, Renderer
-from hessview.widgets.renderers import HIGH_COLOUR, LOW_COLOUR
+from hessview.widgets import (
+    Explorer,
+    ExplorerResults,
+    HtmlRenderer,
+    LatticeRenderer,
+    LineRenderer,
+    Renderer,
+)
+from hessview.widgets.plots import HARMFUL, HELPFUL, NEUTRAL
+from hessview.widgets.renderers import HIGH_COLOUR, LINE_GRID, LOW_COLOUR
 
 N_RESAMPLES = 40
 REQUIRED_CLASSES = {
@@ -123,15 +132,67 @@ def attrs(html, name):
     return re.findall(rf'data-{name}="([^"]*)"', html)
 
 
-def shown_gallery(ex):
+def drawn_dots(view):
+    """The influence view's dots as drawn: per training point (position in x), its y and colour.
+
+    Each curve draws a dot as two equal points followed by a NaN gap; every training point must be
+    on exactly one curve.
+    """
+    x = np.asarray(view.dots.x)
+    curves = np.asarray(view.dots.y)
+    assert curves.shape == (3, x.size) and x.size % 3 == 0
+    drawn = np.isfinite(curves)
+    assert not drawn[:, 2::3].any()  # the gaps
+    np.testing.assert_array_equal(drawn[:, 0::3], drawn[:, 1::3])
+    np.testing.assert_array_equal(curves[:, 0::3][drawn[:, 0::3]], curves[:, 1::3][drawn[:, 1::3]])
+    np.testing.assert_array_equal(drawn[:, 0::3].sum(0), 1)  # each point on one curve
+    np.testing.assert_array_equal(x[0::3], x[1::3])
+    curve = np.argmax(drawn[:, 0::3], axis=0)
+    y = curves[curve, 3 * np.arange(curve.size)]
+    return x[0::3], y, [view.dots.colors[c] for c in curve]
+
+
+def assert_influence_view_shows(view, train_x, scores):
+    x, y, colours = drawn_dots(view)
+    np.testing.assert_array_equal(x, train_x)
+    np.testing.assert_allclose(y, scores, rtol=1e-12)
+    expected = [HELPFUL if s > 0 else HARMFUL if s < 0 else NEUTRAL for s in scores]
+    assert colours == expected
+
+
+def gallery_cards(ex):
+    """Per role, the shown cards as (caption html, thumbnail): parsed rows or visible widget cards."""
     out = {}
     for role in ("helpful", "harmful"):
-        out[role] = [
-            (int(attrs(caption.value, "train-index")[0]), float(attrs(caption.value, "score")[0]))
-            for card, caption, _ in ex.gallery.cards[role]
-            if card.layout.display != "none"
-        ]
+        if ex.gallery.cards is None:
+            row = ex.gallery.rows[role].value
+            cards = row.split('<div class="hv-card"')[1:]
+            out[role] = [(card[card.index('<div class="hv-card-caption"') :], card) for card in cards]
+        else:
+            out[role] = [
+                (caption.value, view)
+                for card, caption, view in ex.gallery.cards[role]
+                if card.layout.display != "none"
+            ]
     return out
+
+
+def shown_gallery(ex):
+    return {
+        role: [(int(attrs(c, "train-index")[0]), float(attrs(c, "score")[0])) for c, _ in cards]
+        for role, cards in gallery_cards(ex).items()
+    }
+
+
+def svg_line(html):
+    """Points ``(n, 2)`` of the one polyline in an HTML fragment."""
+    points = re.search(r'<polyline points="([^"]*)"', html).group(1)
+    return np.array([[int(v) for v in point.split(",")] for point in points.split()])
+
+
+def png_of(html):
+    payload = re.search(r'src="data:image/png;base64,([^"]+)"', html).group(1)
+    return decode_png(base64.b64decode(payload))
 
 
 def assert_panels_show(ex, p, i, kind="influence"):
@@ -159,19 +220,27 @@ def assert_panels_show(ex, p, i, kind="influence"):
     assert ("EXTRAPOLATION" in badge) == bool(ext.flag[i])
     # influence view and gallery
     scores = truth[kind][i]
-    np.testing.assert_allclose(ex.influence.points.y, scores, rtol=1e-12)
-    np.testing.assert_array_equal(ex.influence.points.color, np.sign(scores))
+    assert_influence_view_shows(ex.influence, p["train_x"], scores)
     helpful, harmful = expected_top(scores.tolist(), k)
     np.testing.assert_allclose(ex.influence.top.y, scores[helpful + harmful], rtol=1e-12)
+    np.testing.assert_allclose(ex.influence.top.x, p["train_x"][helpful + harmful])
+    assert list(ex.influence.top.names) == [f"#{j}" for j in helpful + harmful]
+    assert ex.influence.figure.title.endswith(f"on test point #{i}")
     gallery = shown_gallery(ex)
     assert [j for j, _ in gallery["helpful"]] == helpful
     assert [j for j, _ in gallery["harmful"]] == harmful
     for j, score in gallery["helpful"] + gallery["harmful"]:
         assert score == pytest.approx(scores[j], rel=1e-12)
-    # each thumbnail draws its own training example
+    # each thumbnail draws its own training example: a line across, its values up (SVG rows down)
     for role, chosen in (("helpful", helpful), ("harmful", harmful)):
-        for (_, _, view), j in zip(ex.gallery.cards[role], chosen, strict=False):
-            np.testing.assert_array_equal(view.marks[0].y, p["X"][j].numpy())
+        cards = gallery_cards(ex)[role]
+        assert len(cards) == len(chosen)
+        for (_, thumbnail), j in zip(cards, chosen, strict=True):
+            values = p["X"][j].numpy()
+            points = svg_line(thumbnail)
+            np.testing.assert_array_equal(points[:, 0], np.linspace(0, LINE_GRID, values.size).round())
+            height = (points[:, 1].max() - points[:, 1]) / LINE_GRID
+            np.testing.assert_allclose(height, (values - values.min()) / np.ptp(values), atol=0.5 / LINE_GRID)
     # main view: the point is selected and the cursor sits on it
     assert list(ex.main.points.selected) == [i]
     assert list(ex.main.cursor.x) == [p["test_x"][i]] * 2
@@ -260,10 +329,10 @@ def test_error_in_a_callback_shows_in_status_and_app_keeps_working(problem):
     class Flaky(LineRenderer):
         fail = False
 
-        def update(self, view, example):
+        def html(self, example):
             if self.fail:
                 raise RuntimeError("cannot draw this state")
-            super().update(view, example)
+            return super().html(example)
 
     renderer = Flaky()
     ex = make_explorer(problem, render=renderer)
@@ -274,6 +343,8 @@ def test_error_in_a_callback_shows_in_status_and_app_keeps_working(problem):
     assert "hv-status-error" in ex.status._dom_classes
     assert "cannot draw this state" in ex.status.value and "Traceback" not in ex.status.value
     assert "Test point #4" in ex.detail.summary.value  # the other panels still updated
+    assert "could not draw this example" in ex.gallery.rows["helpful"].value
+    assert shown_gallery(ex)["helpful"]  # the captions still name the training points
     renderer.fail = False
     ex.main.points.selected = np.array([7])
     assert_panels_show(ex, problem, 7)
@@ -320,8 +391,6 @@ def test_to_csv_matches_toolbox(explorer, problem, tmp_path):
     link = explorer.export_link.value
     assert f'download="hessview-test-{i}-top{explorer.state.k}.csv"' in link
     payload = re.search(r"base64,([^\"]+)", link).group(1)
-    import base64
-
     assert base64.b64decode(payload).decode() == text
 
 
@@ -342,16 +411,14 @@ def test_lattice_and_user_renderers(problem):
     tb = fit_toolbox(nn.Sequential(nn.Flatten(), nn.Linear(9, 2)), spins, y)
     ex = Explorer(tb, spins[:4], y[:4], k=2, n_resamples=N_RESAMPLES)
     assert isinstance(ex.gallery.renderer, LatticeRenderer)
-    drawn = 0
-    for card, caption, view in ex.gallery.cards["helpful"] + ex.gallery.cards["harmful"]:
-        if card.layout.display != "none":
-            j = int(attrs(caption.value, "train-index")[0])
-            pixels = decode_png(view.value)
-            up = spins[j].numpy() > 0
-            np.testing.assert_array_equal(pixels[up], np.broadcast_to(HIGH_COLOUR, (up.sum(), 3)))
-            np.testing.assert_array_equal(pixels[~up], np.broadcast_to(LOW_COLOUR, ((~up).sum(), 3)))
-            drawn += 1
-    assert drawn > 0
+    cards = gallery_cards(ex)
+    for caption, thumbnail in cards["helpful"] + cards["harmful"]:
+        j = int(attrs(caption, "train-index")[0])
+        pixels = png_of(thumbnail)
+        up = spins[j].numpy() > 0
+        np.testing.assert_array_equal(pixels[up], np.broadcast_to(HIGH_COLOUR, (up.sum(), 3)))
+        np.testing.assert_array_equal(pixels[~up], np.broadcast_to(LOW_COLOUR, ((~up).sum(), 3)))
+    assert len(cards["helpful"] + cards["harmful"]) > 0
 
     seen = []
 
@@ -361,9 +428,7 @@ def test_lattice_and_user_renderers(problem):
 
     ex = Explorer(tb, spins[:4], y[:4], k=2, n_resamples=N_RESAMPLES, render=draw)
     shown = [
-        int(attrs(c.value, "train-index")[0])
-        for card, c, _ in ex.gallery.cards["helpful"] + ex.gallery.cards["harmful"]
-        if card.layout.display != "none"
+        int(attrs(c, "train-index")[0]) for role in ("helpful", "harmful") for c, _ in gallery_cards(ex)[role]
     ]
     assert len(seen) == len(shown) > 0
     for example, j in zip(seen, shown, strict=True):
@@ -395,7 +460,7 @@ def test_regression_toolbox(problem):
 def test_results_can_be_reused(explorer, problem):
     again = Explorer(problem["tb"], problem["X_test"], results=explorer.results, k=2)
     again.select(6)
-    np.testing.assert_allclose(again.influence.points.y, problem["truth"]["influence"][6])
+    assert_influence_view_shows(again.influence, problem["train_x"], problem["truth"]["influence"][6])
 
 
 @pytest.mark.parametrize(
@@ -443,3 +508,21 @@ def test_renderer_base_and_lattice_shape_errors():
         LatticeRenderer().update(LatticeRenderer().create(), np.zeros(5))
     with pytest.raises(ValueError, match="vmax must exceed vmin"):
         LatticeRenderer(vmin=1, vmax=1)
+    with pytest.raises(NotImplementedError):
+        HtmlRenderer().html(np.zeros(3))
+    for bad in (np.array([0.0, np.nan]), np.zeros(0)):
+        with pytest.raises(ValueError, match="non-empty and finite"):
+            LineRenderer().html(bad)
+
+
+def test_html_renderers_as_widgets():
+    """The built-in renderers also work as widget renderers (create, then update)."""
+    view = LineRenderer().create()
+    LineRenderer().update(view, np.array([3.0, 3.0, 3.0]))
+    np.testing.assert_array_equal(svg_line(view.value), [[0, 500], [500, 500], [1000, 500]])
+    view = LatticeRenderer(vmin=0, vmax=2).create()
+    LatticeRenderer(vmin=0, vmax=2).update(view, np.array([[0.0, 1.0], [2.0, 0.0]]))
+    pixels = png_of(view.value)
+    np.testing.assert_array_equal(pixels[0, 0], LOW_COLOUR)
+    np.testing.assert_array_equal(pixels[1, 0], HIGH_COLOUR)
+    np.testing.assert_array_equal(pixels[0, 1], np.round((np.array(LOW_COLOUR) + HIGH_COLOUR) / 2))

@@ -8,6 +8,7 @@ uncertainty and extrapolation flag. ``LandscapeExplorer`` lives in
 from hessview.widgets.explorer import Explorer
 from hessview.widgets.renderers import (
     CallableRenderer,
+    HtmlRenderer,
     LatticeRenderer,
     LineRenderer,
     Renderer,
@@ -20,6 +21,7 @@ __all__ = [
     "Explorer",
     "ExplorerResults",
     "ExplorerState",
+    "HtmlRenderer",
     "LatticeRenderer",
     "LineRenderer",
     "Renderer",

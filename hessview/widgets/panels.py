@@ -13,7 +13,7 @@ import ipywidgets as widgets
 import numpy as np
 
 from hessview.widgets.plots import EXTRAPOLATION, IN_DISTRIBUTION
-from hessview.widgets.renderers import Renderer
+from hessview.widgets.renderers import THUMBNAIL_LAYOUT, HtmlRenderer, Renderer
 from hessview.widgets.results import ExplorerResults
 
 
@@ -33,8 +33,13 @@ def label_text(label, class_names: list[str] | None) -> str:
 class GalleryView:
     """Thumbnails of the ``k`` most helpful and ``k`` most harmful training points.
 
-    ``max_k`` cards per side are made once; a selection fills the first ``k`` and hides the rest.
+    With an :class:`~hessview.widgets.renderers.HtmlRenderer` (the built-in ones) each row is one
+    HTML widget (``rows``), rewritten in one message per click. Any other renderer gets ``max_k``
+    widget cards per row (``cards``: (card, caption, thumbnail) tuples), made once; a selection fills
+    the first ``k`` and hides the rest.
     """
+
+    ROLES = ("helpful", "harmful")
 
     def __init__(
         self,
@@ -51,17 +56,22 @@ class GalleryView:
         self.renderer = renderer
         self.train_x_label = train_x_label
         self.class_names = class_names
-        self.cards = {role: [self._card() for _ in range(max_k)] for role in ("helpful", "harmful")}
-        self.headings = {role: widgets.HTML() for role in ("helpful", "harmful")}
-        rows = []
-        for role in ("helpful", "harmful"):
-            row = widgets.HBox(
-                [card for card, _, _ in self.cards[role]], layout=widgets.Layout(flex_flow="row wrap")
-            )
-            row.add_class(f"hv-gallery-{role}")
-            rows += [self.headings[role], row]
-        pixelated = widgets.HTML("<style>.hv-lattice { image-rendering: pixelated; }</style>")
-        self.widget = widgets.VBox([pixelated, *rows])
+        self.headings = {role: widgets.HTML() for role in self.ROLES}
+        if isinstance(renderer, HtmlRenderer):
+            self.rows, self.cards = {role: widgets.HTML() for role in self.ROLES}, None
+        else:
+            self.cards = {role: [self._card() for _ in range(max_k)] for role in self.ROLES}
+            self.rows = {
+                role: widgets.HBox(
+                    [card for card, _, _ in self.cards[role]], layout=widgets.Layout(flex_flow="row wrap")
+                )
+                for role in self.ROLES
+            }
+        children = []
+        for role in self.ROLES:
+            self.rows[role].add_class(f"hv-gallery-{role}")
+            children += [self.headings[role], self.rows[role]]
+        self.widget = widgets.VBox(children)
         self.widget.add_class("hv-gallery")
 
     def _card(self) -> tuple[widgets.VBox, widgets.HTML, widgets.Widget]:
@@ -76,11 +86,11 @@ class GalleryView:
         return example.detach().cpu().numpy() if hasattr(example, "detach") else np.asarray(example)
 
     def show(self, index: int, k: int, kind: str) -> None:
-        """Fill the cards for test point ``index``; re-raise the first renderer error at the end."""
+        """Fill the rows for test point ``index``; re-raise the first renderer error at the end."""
         name = "influence" if kind == "influence" else "RelatIF"
         scores = self.results.scores(kind)[index]
-        first_error = None
-        for role, chosen in zip(("helpful", "harmful"), self.results.top_k(index, k, kind), strict=True):
+        errors = []
+        for role, chosen in zip(self.ROLES, self.results.top_k(index, k, kind), strict=True):
             heading = (
                 f"<b>{len(chosen)} most {role} training points</b> for test point #{index} (by {name})"
                 if len(chosen)
@@ -88,19 +98,40 @@ class GalleryView:
                 f"{'&le;' if role == 'helpful' else '&ge;'} 0"
             )
             self.headings[role].value = f'<span data-test-index="{index}">{heading}</span>'
-            for slot, (card, caption, view) in enumerate(self.cards[role]):
-                if slot >= len(chosen):
-                    card.layout.display = "none"
-                    continue
-                train = int(chosen[slot])
-                card.layout.display = None
-                caption.value = self._caption(index, train, scores[train], role, name)
-                try:
-                    self.renderer.update(view, self._example(train))
-                except Exception as error:  # shown in the status line by the explorer
-                    first_error = first_error or error
-        if first_error is not None:
-            raise first_error
+            captions = [self._caption(index, int(j), scores[j], role, name) for j in chosen]
+            if self.cards is None:
+                self.rows[role].value = self._row_html(chosen, captions, errors)
+            else:
+                self._fill_cards(self.cards[role], chosen, captions, errors)
+        if errors:
+            raise errors[0]
+
+    def _row_html(self, chosen: np.ndarray, captions: list[str], errors: list) -> str:
+        cards = []
+        for train, caption in zip(chosen.tolist(), captions, strict=True):
+            try:
+                thumbnail = self.renderer.html(self._example(train))
+            except Exception as error:  # shown in the status line by the explorer
+                errors.append(error)
+                thumbnail = '<div style="color:#b00020">could not draw this example</div>'
+            cards.append(
+                '<div class="hv-card" style="margin:2px 6px;width:160px">'
+                f'<div style="width:{THUMBNAIL_LAYOUT["width"]};height:{THUMBNAIL_LAYOUT["height"]}">'
+                f"{thumbnail}</div>{caption}</div>"
+            )
+        return f'<div style="display:flex;flex-flow:row wrap">{"".join(cards)}</div>'
+
+    def _fill_cards(self, cards, chosen: np.ndarray, captions: list[str], errors: list) -> None:
+        for slot, (card, caption, view) in enumerate(cards):
+            if slot >= len(chosen):
+                card.layout.display = "none"
+                continue
+            card.layout.display = None
+            caption.value = captions[slot]
+            try:
+                self.renderer.update(view, self._example(int(chosen[slot])))
+            except Exception as error:  # shown in the status line by the explorer
+                errors.append(error)
 
     def _caption(self, test: int, train: int, score: float, role: str, name: str) -> str:
         label = None if self.results.y_train is None else self.results.y_train[train]

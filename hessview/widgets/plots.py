@@ -19,9 +19,6 @@ EXTRAPOLATION = "#ff7f0e"
 HELPFUL = "#1f77b4"
 HARMFUL = "#d62728"
 NEUTRAL = "#bdbdbd"
-# Hover tooltips make every redraw re-bind per-point handlers; past this many points a click's
-# redraw in the browser costs more than the tooltips are worth (the gallery names the top points).
-TOOLTIP_MAX_POINTS = 400
 _MARGIN = {"top": 40, "bottom": 45, "left": 75, "right": 15}
 
 
@@ -135,22 +132,26 @@ class MainView:
 class InfluenceView:
     """Score of every training point for the selected test point against its control parameter.
 
-    Helpful points (positive score) are blue, harmful ones red; the top ``k`` of each are circled.
+    Helpful points (positive score) are blue, harmful ones red, zero scores grey; the top ``k`` of
+    each sign are circled and carry hover tooltips. The dots are three ``Lines`` curves, one per
+    sign, each a single SVG path of zero-length segments drawn with round caps: a click then
+    rewrites three path attributes in the browser, where one SVG element per training point cost
+    most of a click's redraw (see benchmarks/results/explorer.md).
     """
+
+    SIGNS = (1.0, -1.0, 0.0)  # one curve each: helpful, harmful, zero
+    CSS = "<style>.hv-influence .hv-dots path.line { stroke-linecap: round; }</style>"
 
     def __init__(self, results: ExplorerResults, *, train_x_label: str):
         self.results = results
         self.x_scale, self.y_scale = axis_scale(results.train_x), bq.LinearScale()
         xy = {"x": self.x_scale, "y": self.y_scale}
-        sign_scale = bq.ColorScale(colors=[HARMFUL, NEUTRAL, HELPFUL], min=-1, max=1)
-        self.points = bq.Scatter(
-            x=results.train_x,
-            y=np.zeros(results.n_train),
-            color=np.zeros(results.n_train),
-            scales=dict(xy, color=sign_scale),
-            default_size=14,
-            stroke=None,
-            **self._tooltip(results.n_train, train_x_label),
+        self.dots = bq.Lines(
+            x=np.repeat(results.train_x, 3),  # per point: twice its position, then a gap
+            y=np.full((len(self.SIGNS), 3 * results.n_train), np.nan),
+            scales=xy,
+            colors=[HELPFUL, HARMFUL, NEUTRAL],
+            stroke_width=4,
         )
         self.top = bq.Scatter(
             x=np.zeros(0),
@@ -160,6 +161,13 @@ class InfluenceView:
             fill=False,
             colors=["black"],
             stroke_width=1.5,
+            interactions={"hover": "tooltip"},
+            tooltip=bq.Tooltip(
+                fields=["x", "y", "name"],
+                formats=[".4g", ".3g", ""],
+                labels=[train_x_label, "score", "training point"],
+            ),
+            display_names=False,
         )
         self.zero = bq.Lines(
             x=[results.train_x.min(), results.train_x.max()],
@@ -172,20 +180,21 @@ class InfluenceView:
             scale=self.y_scale, label="influence", side="left", tick_format=".1e", label_offset="55px"
         )
         axes = [bq.Axis(scale=self.x_scale, label=train_x_label), self.y_axis]
-        self.figure = _figure([self.zero, self.points, self.top], axes, "", "300px")
-        self.widget = widgets.VBox([self.figure, bq.Toolbar(figure=self.figure)])
+        self.figure = _figure([self.zero, self.dots, self.top], axes, "", "300px")
+        self.figure.add_class("hv-dots")
+        self.widget = widgets.VBox([widgets.HTML(self.CSS), self.figure, bq.Toolbar(figure=self.figure)])
         self.widget.add_class("hv-influence")
 
-    @staticmethod
-    def _tooltip(n_points: int, train_x_label: str) -> dict:
-        if n_points > TOOLTIP_MAX_POINTS:
-            return {"interactions": {}}
-        tooltip = bq.Tooltip(
-            fields=["index", "x", "y"],
-            formats=["", ".4g", ".3g"],
-            labels=["training point", train_x_label, "score"],
-        )
-        return {"interactions": {"hover": "tooltip"}, "tooltip": tooltip}
+    @classmethod
+    def dot_curves(cls, scores: np.ndarray) -> np.ndarray:
+        """The ``y`` of the three curves: each point's score twice then NaN, on its sign's curve only.
+
+        >>> InfluenceView.dot_curves(np.array([2.0, -1.0, 0.0])).tolist()[0]
+        [2.0, 2.0, nan, nan, nan, nan, nan, nan, nan]
+        """
+        sign = np.sign(scores)
+        per_point = np.stack([scores, scores, np.full_like(scores, np.nan)], axis=1).reshape(-1)
+        return np.stack([np.where(np.repeat(sign == s, 3), per_point, np.nan) for s in cls.SIGNS])
 
     def show(self, index: int, k: int, kind: str) -> None:
         """Plot the scores for test point ``index`` and circle its top ``k`` of each sign."""
@@ -193,12 +202,11 @@ class InfluenceView:
         helpful, harmful = self.results.top_k(index, k, kind)
         top = np.concatenate([helpful, harmful])
         name = "influence" if kind == "influence" else "RelatIF"
-        with self.points.hold_sync():
-            self.points.y = row
-            self.points.color = np.sign(row)
+        self.dots.y = self.dot_curves(row)
         with self.top.hold_sync():
             self.top.x = self.results.train_x[top]
             self.top.y = row[top]
+            self.top.names = [f"#{j}" for j in top]
         self.y_axis.label = name
         self.figure.title = f"{name} of each training point on test point #{index}"
 

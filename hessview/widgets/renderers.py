@@ -1,22 +1,25 @@
 """Thumbnails of training examples for the gallery: 1D states, 2D lattices, or a user's own renderer.
 
 A renderer makes a thumbnail widget once (:meth:`Renderer.create`) and redraws it for a new example
-(:meth:`Renderer.update`), so a click only sends new data, never new widgets.
+(:meth:`Renderer.update`), so a click only sends new data, never new widgets. The built-in renderers
+are :class:`HtmlRenderer` subclasses: a thumbnail is a small HTML fragment (an inline SVG line, a PNG
+image), so the gallery sends all its thumbnails in one message per row.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import math
 import struct
 import zlib
 from collections.abc import Callable
 
-import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
 THUMBNAIL_LAYOUT = {"width": "150px", "height": "100px"}
-_MARGIN = {"top": 2, "bottom": 2, "left": 2, "right": 2}
+LINE_GRID = 1000  # an SVG line's points sit on a LINE_GRID x LINE_GRID integer grid (0.1% steps)
 
 
 class Renderer:
@@ -31,27 +34,56 @@ class Renderer:
         raise NotImplementedError
 
 
-class LineRenderer(Renderer):
-    """A 1D state (amplitudes, a density profile, a spectrum) drawn as one line."""
+class HtmlRenderer(Renderer):
+    """Base class of renderers whose thumbnail is an HTML fragment, made by :meth:`html`.
 
-    def create(self) -> bq.Figure:
-        """Return a small figure holding one empty line."""
-        line = bq.Lines(
-            x=np.zeros(0),
-            y=np.zeros(0),
-            scales={"x": bq.LinearScale(), "y": bq.LinearScale()},
-            colors=["#333333"],
-            stroke_width=1,
+    The gallery puts the fragments of all its thumbnails into one HTML widget per row, so that a
+    click sends two messages instead of one or two per thumbnail.
+    """
+
+    def html(self, example: np.ndarray) -> str:
+        """Return the thumbnail of ``example`` as an HTML fragment."""
+        raise NotImplementedError
+
+    def create(self) -> widgets.HTML:
+        """Return an empty HTML widget of thumbnail size."""
+        return widgets.HTML(layout=dict(THUMBNAIL_LAYOUT))
+
+    def update(self, view: widgets.HTML, example: np.ndarray) -> None:
+        """Show the example's fragment."""
+        view.value = self.html(example)
+
+
+def line_points(values: np.ndarray, grid: int = LINE_GRID) -> np.ndarray:
+    """Integer SVG coordinates ``(n, 2)`` of a 1D state: position across, value up, spanning the grid.
+
+    Column ``i * grid / (n - 1)``, row ``(max - v) * grid / (max - min)`` (row 0 at the top), rounded;
+    a constant state is drawn half-way up.
+
+    >>> line_points(np.array([0.0, 2.0, 1.0]), grid=10).tolist()
+    [[0, 10], [5, 0], [10, 5]]
+    """
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise ValueError("a 1D state to draw must be non-empty and finite")
+    low, high = values.min(), values.max()
+    rows = (high - values) / (high - low) * grid if high > low else np.full(values.size, grid / 2)
+    columns = np.linspace(0, grid, values.size) if values.size > 1 else np.zeros(1)
+    return np.rint(np.stack([columns, rows], axis=1)).astype(np.int64)
+
+
+class LineRenderer(HtmlRenderer):
+    """A 1D state (amplitudes, a density profile, a spectrum) drawn as one line (inline SVG)."""
+
+    def html(self, example: np.ndarray) -> str:
+        """Return an SVG polyline of the flattened example against its position (see :func:`line_points`)."""
+        points = " ".join(f"{c},{r}" for c, r in line_points(example).tolist())
+        return (
+            f'<svg class="hv-line" viewBox="-5 -5 {LINE_GRID + 10} {LINE_GRID + 10}" '
+            f'preserveAspectRatio="none" width="{THUMBNAIL_LAYOUT["width"]}" '
+            f'height="{THUMBNAIL_LAYOUT["height"]}"><polyline points="{points}" fill="none" '
+            'stroke="#333333" stroke-width="1" vector-effect="non-scaling-stroke"/></svg>'
         )
-        return bq.Figure(marks=[line], fig_margin=_MARGIN, layout=dict(THUMBNAIL_LAYOUT))
-
-    def update(self, view: bq.Figure, example: np.ndarray) -> None:
-        """Plot the flattened example against its position."""
-        y = np.asarray(example, dtype=np.float64).reshape(-1)
-        line = view.marks[0]
-        with line.hold_sync():
-            line.x = np.arange(y.size, dtype=np.float64)
-            line.y = y
 
 
 def as_lattice(example: np.ndarray) -> np.ndarray:
@@ -101,7 +133,7 @@ def lattice_png(values: np.ndarray, vmin: float, vmax: float) -> bytes:
     )
 
 
-class LatticeRenderer(Renderer):
+class LatticeRenderer(HtmlRenderer):
     """A 2D lattice configuration (e.g. Ising spins) drawn as a small image, one pixel per site."""
 
     def __init__(self, vmin: float = -1.0, vmax: float = 1.0):
@@ -109,16 +141,14 @@ class LatticeRenderer(Renderer):
             raise ValueError(f"vmax must exceed vmin, got vmin={vmin}, vmax={vmax}")
         self.vmin, self.vmax = float(vmin), float(vmax)
 
-    def create(self) -> widgets.Image:
-        """Return an empty square image."""
-        side = THUMBNAIL_LAYOUT["height"]
-        image = widgets.Image(format="png", layout=widgets.Layout(width=side, height=side))
-        image.add_class("hv-lattice")
-        return image
-
-    def update(self, view: widgets.Image, example: np.ndarray) -> None:
-        """Show the example's values as a PNG."""
-        view.value = lattice_png(as_lattice(example), self.vmin, self.vmax)
+    def html(self, example: np.ndarray) -> str:
+        """Return the example's values as an inline PNG (:func:`lattice_png`), upscaled without blur."""
+        payload = base64.b64encode(lattice_png(as_lattice(example), self.vmin, self.vmax)).decode()
+        side = html.escape(THUMBNAIL_LAYOUT["height"])
+        return (
+            f'<img class="hv-lattice" src="data:image/png;base64,{payload}" '
+            f'style="width:{side};height:{side};image-rendering:pixelated" alt="lattice">'
+        )
 
 
 class CallableRenderer(Renderer):

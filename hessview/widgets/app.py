@@ -4,11 +4,16 @@ The demo comes from, in order: the ``name`` argument, ``?demo=NAME`` in the page
 passes it to the kernel as ``$QUERY_STRING``), ``$HESSVIEW_DEMO`` (set by ``hessview app NAME``),
 then ``"fermi-hubbard"``. Nothing is trained at render time: ``load_demo`` reads the caches built
 by ``hessview build`` (Binder's postBuild runs it).
+
+A restart of the app reads one file: the explorer's precomputed results saved together with the
+training inputs and labels the gallery shows, keyed by a digest of the demo's cached files. The
+demo itself (its model, toolbox and torch) is loaded only when that file is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -20,7 +25,8 @@ from hessview.widgets.explorer import Explorer
 from hessview.widgets.results import ExplorerResults
 
 DEFAULT_DEMO = "fermi-hubbard"
-RESULTS_VERSION = "1"
+RESULTS_VERSION = "2"
+APP_FIELDS = ("title", "x_label", "render", "class_names")  # what the app shows besides the results
 
 
 def demo_name(name: str | None = None) -> str:
@@ -41,36 +47,56 @@ def demo_name(name: str | None = None) -> str:
     return from_url[0] if from_url else os.environ.get("HESSVIEW_DEMO") or DEFAULT_DEMO
 
 
-def _array_bytes(value) -> bytes:
-    if value is None:
-        return b"none"
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    return np.ascontiguousarray(value).tobytes()
+def demo_fingerprint(name: str) -> str | None:
+    """SHA-256 of a built demo's cached files (names and bytes), or None when it is not built.
 
-
-def results_path(name: str, demo, n_resamples: int, seed: int) -> Path:
-    """Cache file of a demo's :class:`ExplorerResults`, keyed by everything they depend on.
-
-    The key hashes the fitted parameters, the training data fingerprint, the test set, the
-    control parameters and the resampling settings, so a rebuilt demo never reads stale results.
+    A demo's folder (``cache_dir("demos") / name``) is complete once its ``meta.json`` exists (it is
+    written last, see :mod:`hessview.demos`); hidden files are unfinished atomic writes.
     """
-    digest = hashlib.sha256(RESULTS_VERSION.encode())
-    digest.update(demo.toolbox.data_fingerprint().encode())
-    for value in (demo.toolbox.theta, demo.X_test, demo.y_test, demo.x, demo.train_x):
-        digest.update(_array_bytes(value))
-    digest.update(f"{n_resamples}/{seed}".encode())
-    return cache_dir("explorer") / f"{name}-{digest.hexdigest()[:20]}.npz"
+    folder = cache_dir("demos") / name
+    if not (folder / "meta.json").is_file():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.name.startswith("."):
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
-def demo_results(name: str, demo, *, n_resamples: int = 200, seed: int = 0) -> ExplorerResults:
-    """Return a demo's precomputed explorer results, from the cache when present."""
-    path = results_path(name, demo, n_resamples, seed)
-    if path.exists():
-        try:
-            return ExplorerResults.load(path)
-        except (OSError, ValueError):
-            pass  # unreadable or from an older layout: compute again below
+def results_path(name: str, n_resamples: int, seed: int) -> Path | None:
+    """Cache file of a demo's explorer results, or None when the demo is not built yet.
+
+    The key hashes the demo's cached files (model, toolbox, data, settings) and the resampling
+    settings, so a rebuilt demo never reads stale results.
+    """
+    fingerprint = demo_fingerprint(name)
+    if fingerprint is None:
+        return None
+    key = hashlib.sha256(f"{RESULTS_VERSION}/{fingerprint}/{n_resamples}/{seed}".encode())
+    return cache_dir("explorer") / f"{name}-{key.hexdigest()[:20]}.npz"
+
+
+def _read_cached(path: Path) -> tuple[ExplorerResults, np.ndarray, dict] | None:
+    """Results, training inputs and app fields saved by :func:`demo_explorer`; None if unreadable."""
+    try:
+        results = ExplorerResults.load(path)
+        with np.load(path, allow_pickle=False) as data:
+            X_train, fields = data["X_train"], json.loads(str(data["app_fields"]))
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    if set(fields) != set(APP_FIELDS) or len(X_train) != results.n_train:
+        return None
+    return results, X_train, fields
+
+
+def _compute(name: str, n_resamples: int, seed: int) -> tuple[ExplorerResults, np.ndarray, dict]:
+    """Load (or build) the demo, query its toolbox once for every test point, and cache the answer."""
+    from hessview.demos import load_demo
+
+    demo = load_demo(name, progress=False)
     results = ExplorerResults.from_toolbox(
         demo.toolbox,
         demo.X_test,
@@ -80,28 +106,35 @@ def demo_results(name: str, demo, *, n_resamples: int = 200, seed: int = 0) -> E
         n_resamples=n_resamples,
         seed=seed,
     )
-    results.save(path)
-    return results
+    X_train = demo.toolbox.X_train
+    X_train = X_train.detach().cpu().numpy() if hasattr(X_train, "detach") else np.asarray(X_train)
+    fields = {field: getattr(demo, field, None) for field in APP_FIELDS}
+    path = results_path(name, n_resamples, seed)  # after load_demo: a (re)build changes the files
+    if path is not None:
+        results.save(path, X_train=X_train, app_fields=np.array(json.dumps(fields)))
+    return results, X_train, fields
 
 
 def demo_explorer(name: str | None = None, *, n_resamples: int = 200, seed: int = 0, **kwargs) -> Explorer:
-    """Load a cached demo (building it on first use) and return its explorer.
+    """Return the explorer of a cached demo (building the demo on first use).
 
-    The explorer's precomputed results are cached too (see :func:`results_path`), so a restart
-    of the app only reads files. ``kwargs`` go to :class:`~hessview.widgets.Explorer` (e.g. ``k``).
+    When the explorer's results for this build of the demo are cached (see :func:`results_path`),
+    nothing else is read: no model, no toolbox, no torch. ``kwargs`` go to
+    :class:`~hessview.widgets.Explorer` (e.g. ``k``).
     """
-    from hessview.demos import load_demo
-
     name = demo_name(name)
-    demo = load_demo(name, progress=False)
+    path = results_path(name, n_resamples, seed)
+    cached = _read_cached(path) if path is not None and path.exists() else None
+    results, X_train, fields = cached or _compute(name, n_resamples, seed)
     options = dict(
-        x=demo.x,
-        x_label=demo.x_label,
-        train_x=demo.train_x,
-        render=demo.render,
-        title=demo.title,
-        class_names=getattr(demo, "class_names", None),
-        results=demo_results(name, demo, n_resamples=n_resamples, seed=seed),
+        x=results.x,
+        x_label=fields["x_label"],
+        train_x=results.train_x,
+        render=fields["render"],
+        title=fields["title"],
+        class_names=fields["class_names"],
+        results=results,
+        X_train=X_train,
     )
     options.update(kwargs)
-    return Explorer(demo.toolbox, demo.X_test, demo.y_test, **options)
+    return Explorer(None, None, **options)

@@ -44,8 +44,10 @@ class Explorer(widgets.AppLayout):
     """Interactive explorer of a fitted :class:`hessview.HessianToolbox` on a test set.
 
     Args:
-        toolbox: a fitted toolbox; its ``X_train`` and ``y_train`` feed the gallery.
-        X_test: test inputs ``(n_test, ...)``; y_test: optional test labels.
+        toolbox: a fitted toolbox; its ``X_train`` and ``y_train`` feed the gallery. May be None
+            when ``results`` and ``X_train`` are given (nothing is computed then).
+        X_test: test inputs ``(n_test, ...)`` (unused when ``results`` is given); y_test: optional
+            test labels.
         x: control parameter of each test point (e.g. V1/J or temperature); the index if None.
         x_label: name of the control parameter.
         train_x: control parameter of each training point; the index if None.
@@ -87,6 +89,8 @@ class Explorer(widgets.AppLayout):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
         if results is not None and not isinstance(results, ExplorerResults):
             raise TypeError(f"results must be ExplorerResults, got {type(results).__name__}")
+        if results is None and (toolbox is None or X_test is None):
+            raise ValueError("without precomputed results the explorer needs a toolbox and X_test")
         X_train = X_train if X_train is not None else getattr(toolbox, "X_train", None)
         if X_train is None:
             raise ValueError("the toolbox has no X_train: pass X_train= to draw the gallery")

@@ -133,22 +133,29 @@ class ExplorerResults:
             damping=float(toolbox.damping_),
         )
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, **extra) -> None:
         """Write every field to a ``.npz`` file, atomically (no pickled objects).
+
+        ``extra`` arrays are stored alongside under their own names (not field names); :meth:`load`
+        ignores them.
 
         >>> import tempfile, pathlib
         >>> r = ExplorerResults(*([np.zeros(2)] * 11), 0.95, np.ones(2), 1.0, np.zeros(2, bool),
         ...                     np.arange(3.0), 0.0)
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "r.npz"
-        >>> r.save(path)
-        >>> ExplorerResults.load(path).eigenvalues.tolist()
-        [0.0, 1.0, 2.0]
+        >>> r.save(path, note=np.array("hello"))
+        >>> ExplorerResults.load(path).eigenvalues.tolist(), str(np.load(path)["note"])
+        ([0.0, 1.0, 2.0], 'hello')
         """
         arrays = {}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if value is not None:
                 arrays[field.name] = np.asarray(value)
+        clashes = sorted(set(extra) & {field.name for field in dataclasses.fields(self)})
+        if clashes:
+            raise ValueError(f"extra arrays may not use the field names {clashes}")
+        arrays.update({name: np.asarray(value) for name, value in extra.items()})
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
 

@@ -515,6 +515,20 @@ def test_renderer_base_and_lattice_shape_errors():
             LineRenderer().html(bad)
 
 
+def test_long_line_thumbnail_keeps_its_extremes():
+    """A 924-value state at 150 px: few points, its highest and lowest still drawn where they are."""
+    values = np.zeros(924)
+    values[[100, 101]] = [0.5, 1.0]
+    values[700] = -1.0
+    points = svg_line(LineRenderer().html(values))
+    assert len(points) <= 2 * 150 + 2
+    assert (np.diff(points[:, 0]) > 0).all()
+    column = lambda i: round(i * LINE_GRID / 923)  # noqa: E731
+    assert [column(101), 0] in points.tolist()  # the maximum, at the top
+    assert [column(700), LINE_GRID] in points.tolist()  # the minimum, at the bottom
+    assert points[0].tolist() == [0, 500] and points[-1].tolist() == [LINE_GRID, 500]  # zero: half-way
+
+
 def test_html_renderers_as_widgets():
     """The built-in renderers also work as widget renderers (create, then update)."""
     view = LineRenderer().create()

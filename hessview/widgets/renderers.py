@@ -54,14 +54,18 @@ class HtmlRenderer(Renderer):
         view.value = self.html(example)
 
 
-def line_points(values: np.ndarray, grid: int = LINE_GRID) -> np.ndarray:
-    """Integer SVG coordinates ``(n, 2)`` of a 1D state: position across, value up, spanning the grid.
+def line_points(values: np.ndarray, grid: int = LINE_GRID, buckets: int | None = None) -> np.ndarray:
+    """Integer SVG coordinates ``(m, 2)`` of a 1D state: position across, value up, spanning the grid.
 
     Column ``i * grid / (n - 1)``, row ``(max - v) * grid / (max - min)`` (row 0 at the top), rounded;
-    a constant state is drawn half-way up.
+    a constant state is drawn half-way up. With ``buckets``, a long state keeps only both ends and
+    the lowest and highest point of each of ``buckets`` equal runs: at a thumbnail's width in pixels
+    the line looks the same with at most ``2 * buckets + 2`` points.
 
     >>> line_points(np.array([0.0, 2.0, 1.0]), grid=10).tolist()
     [[0, 10], [5, 0], [10, 5]]
+    >>> line_points(np.array([0.0, 5.0, 1.0, 2.0, 3.0, 4.0, -5.0, 0.0]), grid=14, buckets=1).tolist()
+    [[0, 7], [2, 0], [12, 14], [14, 7]]
     """
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if values.size == 0 or not np.all(np.isfinite(values)):
@@ -69,7 +73,16 @@ def line_points(values: np.ndarray, grid: int = LINE_GRID) -> np.ndarray:
     low, high = values.min(), values.max()
     rows = (high - values) / (high - low) * grid if high > low else np.full(values.size, grid / 2)
     columns = np.linspace(0, grid, values.size) if values.size > 1 else np.zeros(1)
-    return np.rint(np.stack([columns, rows], axis=1)).astype(np.int64)
+    keep = np.arange(values.size)
+    if buckets is not None and values.size > 2 * buckets + 2:
+        edges = np.linspace(0, values.size, buckets + 1).astype(np.int64)
+        extremes = [
+            start + f(values[start:stop])
+            for start, stop in zip(edges[:-1], edges[1:], strict=True)
+            for f in (np.argmin, np.argmax)
+        ]
+        keep = np.unique(np.array([0, values.size - 1, *extremes]))
+    return np.rint(np.stack([columns[keep], rows[keep]], axis=1)).astype(np.int64)
 
 
 class LineRenderer(HtmlRenderer):
@@ -77,7 +90,8 @@ class LineRenderer(HtmlRenderer):
 
     def html(self, example: np.ndarray) -> str:
         """Return an SVG polyline of the flattened example against its position (see :func:`line_points`)."""
-        points = " ".join(f"{c},{r}" for c, r in line_points(example).tolist())
+        width = int(THUMBNAIL_LAYOUT["width"].removesuffix("px"))
+        points = " ".join(f"{c},{r}" for c, r in line_points(example, buckets=width).tolist())
         return (
             f'<svg class="hv-line" viewBox="-5 -5 {LINE_GRID + 10} {LINE_GRID + 10}" '
             f'preserveAspectRatio="none" width="{THUMBNAIL_LAYOUT["width"]}" '

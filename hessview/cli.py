@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hessview._io import cache_dir
 
-DEMOS = ("fermi-hubbard", "ising")
+DEMOS = ("fermi-hubbard", "fermi-hubbard-window", "ising")
 DEFAULT_PORT = 8866
 EXECUTION_TIMEOUT_S = 600
 APP_NOTEBOOK = "app.ipynb"

@@ -9,6 +9,9 @@ Demos:
     ``"fermi-hubbard"``: the paper's ``CNN1D_tiny_ED`` (Dawid et al., MLST 3, 015002 (2022)) trained by
     :func:`hessview.models.train` on the paper's 1000-point training grid of LL/CDW-I ground states
     (global min-max normalised, input ``(n, 1, 924)``), evaluated on the paper's 50-point test grid.
+    ``"fermi-hubbard-window"``: the same network trained only on the restricted window
+    ``V1/J in [0, 0.25] U [36, 40]`` (177 points), evaluated on the same test grid: an extrapolation
+    demo, where the test points between the windows are flagged.
     ``"ising"``: :class:`hessview.models.IsingCNN` on 16x16 Ising configurations, 24 training
     temperatures, tested on 24 temperatures in between.
 """
@@ -25,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from hessview._io import atomic_path, cache_dir
-from hessview.datasets import CRITICAL_TEMPERATURE, fermi_hubbard_split, ising_2d
+from hessview.datasets import CRITICAL_TEMPERATURE, FERMI_HUBBARD_GRIDS, fermi_hubbard_split, ising_2d
 from hessview.models import CNN1D_tiny_ED, IsingCNN, MinMaxScaler, train
 from hessview.toolbox import HessianToolbox
 
@@ -35,6 +38,14 @@ DEMO_SETTINGS = {
         "version": 1,
         "train_stride": 1,
         "weight_decay": 0.05 / 1000,  # the paper's lambda / n (objective: mean CE + w/2 ||theta||^2)
+        "epochs": 300,
+        "lbfgs_steps": 300,
+        "seed": 0,
+    },
+    "fermi-hubbard-window": {
+        "version": 1,
+        "split": "train_edges",
+        "weight_decay": 0.05 / 177,  # the paper's lambda / n for the window's 177 training points
         "epochs": 300,
         "lbfgs_steps": 300,
         "seed": 0,
@@ -110,7 +121,7 @@ def _is_complete(folder: Path, settings: dict) -> bool:
 
 
 def _new_model(name: str, meta: dict) -> nn.Module:
-    if name == "fermi-hubbard":
+    if name.startswith("fermi-hubbard"):
         return CNN1D_tiny_ED()
     return IsingCNN(L=meta["settings"]["L"])
 
@@ -157,8 +168,8 @@ def _fit(model, X, y, settings, progress):
 
 
 def _build_fermi_hubbard(folder: Path, settings: dict, progress: bool) -> None:
-    train_set = fermi_hubbard_split("train", progress=progress)
-    train_set = train_set.subset(slice(None, None, settings["train_stride"]))
+    train_set = fermi_hubbard_split(settings.get("split", "train"), progress=progress)
+    train_set = train_set.subset(slice(None, None, settings.get("train_stride", 1)))
     test_set = fermi_hubbard_split("test", progress=progress)
     scaler = MinMaxScaler().fit(train_set.X)
     X_train = scaler.transform(train_set.X)[:, None, :]
@@ -166,8 +177,10 @@ def _build_fermi_hubbard(folder: Path, settings: dict, progress: bool) -> None:
     model = CNN1D_tiny_ED()
     result, toolbox = _fit(model, X_train, train_set.y, settings, progress)
     arrays = {"X_test": X_test, "y_test": test_set.y, "x": test_set.V1, "train_x": train_set.V1}
+    window = FERMI_HUBBARD_GRIDS[settings["split"]].split(":")[0] if "split" in settings else ""
+    window = window.replace("training points with ", " (trained only on ") + ")" if window else ""
     _write(folder, settings, model, toolbox, arrays, result,
-           title="Extended Fermi-Hubbard chain, L = 12: Luttinger liquid vs CDW-I",
+           title=f"Extended Fermi-Hubbard chain, L = 12: Luttinger liquid vs CDW-I{window}",
            x_label="V1/J", render="1d", class_names=["LL", "CDW-I"],
            scaler=json.loads(scaler.to_json()))
 
@@ -188,4 +201,8 @@ def _build_ising(folder: Path, settings: dict, progress: bool) -> None:
            extra_report={"critical_temperature": CRITICAL_TEMPERATURE})
 
 
-_BUILDERS = {"fermi-hubbard": _build_fermi_hubbard, "ising": _build_ising}
+_BUILDERS = {
+    "fermi-hubbard": _build_fermi_hubbard,
+    "fermi-hubbard-window": _build_fermi_hubbard,
+    "ising": _build_ising,
+}

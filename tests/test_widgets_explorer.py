@@ -32,7 +32,7 @@ from hessview.widgets import (
     Renderer,
 )
 from hessview.widgets.plots import HARMFUL, HELPFUL, NEUTRAL
-from hessview.widgets.renderers import HIGH_COLOUR, LINE_GRID, LOW_COLOUR
+from hessview.widgets.renderers import HIGH_COLOUR, LINE_GRID, LOW_COLOUR, line_points
 
 N_RESAMPLES = 40
 REQUIRED_CLASSES = {
@@ -527,6 +527,17 @@ def test_long_line_thumbnail_keeps_its_extremes():
     assert [column(101), 0] in points.tolist()  # the maximum, at the top
     assert [column(700), LINE_GRID] in points.tolist()  # the minimum, at the bottom
     assert points[0].tolist() == [0, 500] and points[-1].tolist() == [LINE_GRID, 500]  # zero: half-way
+
+
+def test_long_line_keeps_the_first_lowest_and_highest_point_of_each_run():
+    rng = np.random.default_rng(0)
+    for values in (rng.normal(size=924), rng.integers(0, 4, 500).astype(float)):
+        edges = np.linspace(0, values.size, 151).astype(int)
+        kept = {0, values.size - 1}
+        for start, stop in zip(edges[:-1], edges[1:], strict=True):  # brute force, run by run
+            kept |= {start + int(np.argmin(values[start:stop])), start + int(np.argmax(values[start:stop]))}
+        full = line_points(values)
+        np.testing.assert_array_equal(line_points(values, buckets=150), full[sorted(kept)])
 
 
 def test_html_renderers_as_widgets():

@@ -75,13 +75,15 @@ def line_points(values: np.ndarray, grid: int = LINE_GRID, buckets: int | None =
     columns = np.linspace(0, grid, values.size) if values.size > 1 else np.zeros(1)
     keep = np.arange(values.size)
     if buckets is not None and values.size > 2 * buckets + 2:
-        edges = np.linspace(0, values.size, buckets + 1).astype(np.int64)
+        starts = np.linspace(0, values.size, buckets + 1).astype(np.int64)[:-1]
+        bucket = np.searchsorted(starts, keep, side="right") - 1
         extremes = [
-            start + f(values[start:stop])
-            for start, stop in zip(edges[:-1], edges[1:], strict=True)
-            for f in (np.argmin, np.argmax)
+            keep[values == np.repeat(reduce.reduceat(values, starts), np.diff(starts, append=values.size))]
+            for reduce in (np.minimum, np.maximum)
         ]
-        keep = np.unique(np.array([0, values.size - 1, *extremes]))
+        # first lowest and first highest point of each bucket, both ends, in order along the state
+        firsts = [index[np.unique(bucket[index], return_index=True)[1]] for index in extremes]
+        keep = np.unique(np.concatenate([[0, values.size - 1], *firsts]))
     return np.rint(np.stack([columns[keep], rows[keep]], axis=1)).astype(np.int64)
 
 

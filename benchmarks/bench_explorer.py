@@ -1,14 +1,20 @@
 """Explorer speed: server-side time per click, browser click-to-panel latency, app cold start.
 
     python benchmarks/bench_explorer.py [--demo fermi-hubbard] [--clicks 50] [--starts 3] [--no-browser]
+    python benchmarks/bench_explorer.py --no-server --clicks 20 --starts 1 --json runs.jsonl --label NAME
+    python benchmarks/bench_explorer.py --summarise runs.jsonl
 
 Needs the demo's caches (``hessview build``); the browser parts need /usr/bin/chromium and
 Playwright. Prints a markdown table of medians against the goals (20 ms, 200 ms, 10 s).
+``--json`` appends the raw browser timings of a run to a file; running several checkouts' copies
+of this script in turn (each serves its own tree) and then ``--summarise`` compares them side by
+side, pooled over the interleaved runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -179,7 +185,7 @@ def browser(demo: str, clicks: int, starts: int) -> dict:
                         "every panel filled": cold[-1],
                     }
                 )
-                if attempt == 0:
+                if attempt == 0 and clicks > 0:
                     n = page.locator(".hv-main path.dot").count()
                     rng = np.random.default_rng(1)
                     previous = 0
@@ -196,13 +202,38 @@ def browser(demo: str, clicks: int, starts: int) -> dict:
                 server.wait(timeout=30)
         chromium.close()
     return {
+        "latencies": latencies,
         "cold_start": statistics.median(cold),
         "cold_starts": cold,
         "cold_phases": {name: statistics.median(p[name] for p in phases) for name in phases[0]},
-        "latency": statistics.median(latencies),
-        "latency_p90": float(np.quantile(latencies, 0.9)),
-        "panels": {name: statistics.median(p[name] for p in per_panel) / 1000 for name in per_panel[0]},
+        "latency": statistics.median(latencies) if latencies else float("nan"),
+        "latency_p90": float(np.quantile(latencies, 0.9)) if latencies else float("nan"),
+        "panels": {name: statistics.median(p[name] for p in per_panel) / 1000 for name in per_panel[0]}
+        if per_panel
+        else {},
     }
+
+
+def summarise(path: str) -> None:
+    """Print, per demo and label, the pooled medians of runs appended with ``--json``."""
+    groups: dict[tuple[str, str], dict] = {}
+    for line in Path(path).read_text().splitlines():
+        run = json.loads(line)
+        group = groups.setdefault((run["demo"], run["label"]), {"latencies": [], "cold": [], "load": []})
+        group["latencies"] += run["latencies"]
+        group["cold"] += run["cold_starts"]
+        group["load"].append(run["load"])
+    print("| demo | label | runs | clicks | click median | click p90 | starts | cold start | load |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (demo, label), g in groups.items():
+        clicks = g["latencies"]
+        median = f"{statistics.median(clicks) * 1000:.0f} ms" if clicks else ""
+        p90 = f"{np.quantile(clicks, 0.9) * 1000:.0f} ms" if clicks else ""
+        loads = [load[0] for load in g["load"]]
+        print(
+            f"| {demo} | {label} | {len(g['load'])} | {len(clicks)} | {median} | {p90} | {len(g['cold'])} | "
+            f"{statistics.median(g['cold']):.2f} s | {min(loads):.1f} to {max(loads):.1f} |"
+        )
 
 
 def load_average() -> str:
@@ -215,7 +246,27 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=50)
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--no-server", action="store_true", help="browser timings only")
+    parser.add_argument("--json", help="append this run's raw browser timings to this file")
+    parser.add_argument("--label", default="", help="name of this run in --json")
+    parser.add_argument("--summarise", metavar="JSONL", help="summarise runs appended with --json")
     args = parser.parse_args()
+    if args.summarise:
+        summarise(args.summarise)
+        return
+    if args.no_server:
+        load = os.getloadavg()
+        seen = browser(args.demo, args.clicks, args.starts)
+        print(
+            f"{args.label or args.demo}: click median {seen['latency'] * 1000:.0f} ms, cold start "
+            + ", ".join(f"{c:.2f}" for c in seen["cold_starts"])
+            + f" s; load {load[0]:.2f}"
+        )
+        if args.json:
+            with open(args.json, "a") as handle:
+                record = {key: seen[key] for key in ("latencies", "cold_starts", "cold_phases", "panels")}
+                handle.write(json.dumps(dict(record, demo=args.demo, label=args.label, load=load)) + "\n")
+        return
 
     load_demo(args.demo, progress=True)  # caches present before anything is timed
     load_before = load_average()

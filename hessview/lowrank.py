@@ -36,12 +36,17 @@ def top_eigenpairs(
     dtype: torch.dtype = torch.float64,
     tol: float = 1e-6,
     seed: int = 0,
+    krylov_dim: int | None = None,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``rank`` eigenpairs of largest :math:`|\\lambda|` of a symmetric operator given by ``matvec``.
 
     Returns eigenvalues in ascending order and the eigenvectors as columns ``(P, rank)``; the Lanczos
-    start vector is drawn from ``seed``.
+    start vector is drawn from ``seed``. ``krylov_dim`` is ARPACK's ``ncv``, the Lanczos vectors kept
+    between restarts; the default ``min(P, max(4 rank, 20))`` needs fewer products than ARPACK's
+    ``max(2 rank + 1, 20)`` when the wanted eigenvalues reach into the spectrum's bulk: for the top 10 of
+    the scale benchmark's 103k-parameter CNN on 1,000 lattices, 112 products at ``ncv`` 40 against 143 at 21
+    (113 to 118 for 30 to 50, 146 at 60).
 
     >>> A = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
     >>> lam, V = top_eigenpairs(lambda v: A @ v, 10, 3)
@@ -50,6 +55,12 @@ def top_eigenpairs(
     """
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < n_params:
         raise ValueError(f"rank must be an integer in [1, {n_params - 1}] (P - 1), not {rank!r}")
+    if krylov_dim is None:
+        krylov_dim = min(n_params, max(4 * rank, 20))
+    if isinstance(krylov_dim, bool) or not isinstance(krylov_dim, int) or not rank < krylov_dim <= n_params:
+        raise ValueError(
+            f"krylov_dim must be an integer in [{rank + 1}, {n_params}] (rank + 1 to P), not {krylov_dim!r}"
+        )
     bar = tqdm(desc="Lanczos products", disable=not progress, leave=False)
 
     def apply(x: np.ndarray) -> np.ndarray:
@@ -60,7 +71,7 @@ def top_eigenpairs(
     operator = LinearOperator((n_params, n_params), matvec=apply, dtype=np.float64)
     start = np.random.default_rng(seed).standard_normal(n_params)
     try:
-        lam, V = eigsh(operator, k=rank, which="LM", tol=tol, v0=start)
+        lam, V = eigsh(operator, k=rank, which="LM", tol=tol, v0=start, ncv=krylov_dim)
     except ArpackNoConvergence as err:
         raise RuntimeError(
             f"Lanczos found only {len(err.eigenvalues)} of {rank} eigenpairs to tol={tol:g}; "

@@ -328,7 +328,9 @@ class HessianToolbox:
         )
         itemsize = torch.empty(0, dtype=self.dtype).element_size()
         if self.n_train * self.n_params * itemsize <= available_memory() // 4:
-            self.train_gradients = torch.cat(self._get_backend().map("gradients"))
+            # written in place shard by shard: never a second n x P copy (torch.cat would need one)
+            out = self.theta.new_empty((self.n_train, self.n_params))
+            self.train_gradients = self._get_backend().fill("gradients", out)
         else:
             sums, norms = zip(*self._get_backend().map("gradient_summary"), strict=True)
             self._gradient_mean = sum(sums) / self.n_train

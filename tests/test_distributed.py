@@ -6,6 +6,8 @@ import torch
 from support import train_model
 from torch import nn
 
+import hessview.distributed
+import hessview.params
 import hessview.toolbox
 from hessview import HessianToolbox
 
@@ -100,3 +102,63 @@ def test_shard_work_from_many_threads_equals_one_after_another():
             threaded = list(pool.map(lambda s: _call(s, "dense_curvature", "hessian", 16), shards))
             for a, b in zip(threaded, sequential, strict=True):
                 torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def small_cnn_problem():
+    """A tiny periodic CNN on 6 x 6 lattices: convolution, pooling and tanh, as in the scale benchmark."""
+    g = torch.Generator().manual_seed(2)
+    X = torch.where(torch.rand(23, 6, 6, generator=g) < 0.5, 1.0, -1.0).double()
+    y = (X.mean(dim=(1, 2)) > 0).long()
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Unflatten(1, (1, 6)),
+        nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(18, 5),
+        nn.Tanh(),
+        nn.Linear(5, 2),
+    ).double()
+    return model, X, y
+
+
+@pytest.mark.parametrize("n_vectors", [1, 3])  # one vector: double backward; several: vmapped jvp of grad
+def test_curvature_products_in_small_passes_equal_the_autograd_hessian(monkeypatch, n_vectors):
+    from hessview.distributed import make_shards
+    from hessview.losses import per_sample_loss
+    from hessview.params import FlatModel
+
+    model, X, y = small_cnn_problem()
+    flat = FlatModel(model, torch.float64)
+    H = torch.autograd.functional.hessian(
+        lambda t: per_sample_loss("cross_entropy", flat(t, X), y).mean(), flat.theta
+    )
+    V = torch.randn(n_vectors, flat.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(hessview.distributed, "PASS_BYTES", 8 * 36 * 2)  # passes of 2 samples, 1-2 vectors
+    shards = make_shards(flat, X, y, "cross_entropy", 10)
+    products = sum(shard.curvature_matmat(V, "hessian") for shard in shards)
+    torch.testing.assert_close(products, V @ H, rtol=1e-10, atol=1e-13)
+
+
+def test_kept_gradients_are_written_in_place_and_equal_autograd(client, monkeypatch):
+    """Low-rank fits keep G when it fits: filled shard by shard (in process and from Dask workers)."""
+    from hessview.losses import per_sample_loss
+
+    model, X, y = small_cnn_problem()
+    monkeypatch.setattr(hessview.distributed, "GRADIENT_BYTES", 8 * 3 * 100)  # 3 gradients per pass
+    flat = hessview.params.FlatModel(model, torch.float64)
+    truth = []
+    for x, label in zip(X, y, strict=True):
+        theta = flat.theta.clone().requires_grad_(True)
+        loss = per_sample_loss("cross_entropy", flat(theta, x[None]), label[None])[0]
+        truth.append(torch.autograd.grad(loss, theta)[0])
+    truth = torch.stack(truth)
+    for c in (None, client):
+        tb = HessianToolbox(
+            model, X, y, weight_decay=0.05, method="lowrank", rank=3, progress=False, client=c
+        )
+        with pytest.warns(hessview.toolbox.NotStationaryWarning):
+            tb.fit()
+        torch.testing.assert_close(tb.train_gradients, truth, rtol=1e-12, atol=1e-14)
+        assert tb.median_sample_gradient_norm_ == pytest.approx(float(truth.norm(dim=1).median()))

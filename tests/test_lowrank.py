@@ -132,6 +132,25 @@ def test_top_eigenpairs_of_an_indefinite_matrix_by_magnitude():
         top_eigenpairs(lambda v: A @ v, 30, 30)
 
 
+@pytest.mark.parametrize("krylov_dim", [None, 9, 30])
+def test_top_eigenpairs_for_any_krylov_dimension(krylov_dim):
+    """ARPACK's ncv changes only the work: the pairs are those of eigh, to the tolerance."""
+    torch.manual_seed(2)
+    Q, _ = torch.linalg.qr(torch.randn(30, 30, dtype=torch.float64))
+    lam = torch.cat([torch.tensor([9.0, -7.0, 5.0]), torch.linspace(-1, 1, 27)]).double()
+    A = Q @ torch.diag(lam) @ Q.T
+    values, vectors = top_eigenpairs(lambda v: A @ v, 30, 5, tol=0, krylov_dim=krylov_dim)
+    np.testing.assert_allclose(values.numpy(), top_by_magnitude(lam, 5).numpy(), rtol=1e-10)
+    torch.testing.assert_close(A @ vectors, vectors * values, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("krylov_dim", [5, 31, 2.5, True])
+def test_bad_krylov_dimension_is_refused(krylov_dim):
+    A = torch.eye(30, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"krylov_dim must be an integer in \[6, 30\]"):
+        top_eigenpairs(lambda v: A @ v, 30, 5, krylov_dim=krylov_dim)
+
+
 def test_hessian_is_unavailable_with_a_clear_error(trained):
     model, X, y, _ = trained
     tb = lowrank(model, X, y, rank=5)

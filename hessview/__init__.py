@@ -5,9 +5,17 @@ nothing of widgets; the widgets (``Explorer``, ``LandscapeExplorer``) are import
 works without a browser front end.
 """
 
-from hessview.toolbox import HessianToolbox
+from hessview.hessian import CurvatureTooLargeError
+from hessview.toolbox import HessianToolbox, NotStationaryWarning
 
-__all__ = ["HessianToolbox", "Explorer", "Landscape", "LandscapeExplorer"]
+__all__ = [
+    "CurvatureTooLargeError",
+    "Explorer",
+    "HessianToolbox",
+    "Landscape",
+    "LandscapeExplorer",
+    "NotStationaryWarning",
+]
 __version__ = "0.1.0"
 
 _LAZY = {

@@ -95,7 +95,7 @@ class Demo:
 
 
 def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bool = False) -> Demo:
-    """Return the demo ``name`` (``"fermi-hubbard"`` or ``"ising"``), building its cache if needed.
+    """Return the demo ``name`` (a key of ``DEMO_SETTINGS``), building its cache if needed.
 
     Args:
         name: which demo.

@@ -67,6 +67,8 @@ class HessianToolbox:
         loss: ``"cross_entropy"`` or ``"mse"`` (see :mod:`hessview.losses`).
         weight_decay: ``w`` in the objective's ``w/2 ||theta||^2``.
         damping: ``"auto"`` (see :func:`hessview.spectrum.choose_damping`) or a float ``delta >= 0``.
+            ``n_damped_`` counts the eigenvectors along which ``delta > |lambda|`` (there the inverse is about
+            ``1 / delta``); ``summary()`` says so when that is most of them.
         dtype: floating dtype of every curvature computation (float64 by default).
         progress: show progress bars during ``fit`` and long queries.
         method: ``"exact"`` forms the ``P x P`` curvature and its full eigendecomposition; ``"lowrank"``
@@ -349,6 +351,7 @@ class HessianToolbox:
         else:  # the complement of the kept pairs counts as one more eigenvalue, weight_decay
             choice = choose_damping(torch.cat([lam, lam.new_tensor([self.weight_decay])]), self.damping)
         self.damping_, self.damping_reason_ = choice.delta, choice.reason
+        self.n_damped_ = int((lam.abs() < self.damping_).sum())
         if "_train_gradients" in self.__dict__:
             self._gradient_mean = self.train_gradients.mean(dim=0)
             self._sample_gradient_norms = self.train_gradients.norm(dim=1)
@@ -382,6 +385,12 @@ class HessianToolbox:
             f"  negative eigenvalues {self.n_negative_}{kept}",
             f"  damping             {self.damping_:.3g}: {self.damping_reason_}",
         ]
+        if self.n_damped_ > len(self.eigenvalues) // 2:
+            lines.append(
+                f"  damping dominates   delta > |lambda| along {self.n_damped_} of {len(self.eigenvalues)} "
+                "eigenvectors: there (H + delta I)^-1 ~ I / delta, and influence tends to gradient "
+                "similarity / delta; compare with a smaller damping before trusting rankings"
+            )
         if self.method != "exact" or self.curvature != "hessian":
             lines.append(f"  method              {self.method_}: {self.method_reason_}")
             lines.append(f"  curvature           {self.curvature}")

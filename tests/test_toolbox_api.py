@@ -220,3 +220,13 @@ def test_save_is_atomic(fitted, tmp_path, monkeypatch):
         tb.save(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tb.safetensors"]
+
+
+def test_summary_says_when_the_damping_dominates_the_spectrum(fitted, data):
+    model, X, y = fitted[0], *data
+    for damping in (1e3, 0.0):
+        tb = HessianToolbox(model, X, y, weight_decay=0.1, damping=damping, progress=False).fit()
+        eigenvalues = torch.linalg.eigvalsh(tb.hessian)  # independent of the toolbox's decomposition
+        assert tb.n_damped_ == int((eigenvalues.abs() < damping).sum())
+        assert ("damping dominates" in tb.summary()) == (tb.n_damped_ > tb.n_params // 2)
+    assert tb.n_damped_ == 0 and eigenvalues.min() > 0  # damping 0 on a positive-definite Hessian

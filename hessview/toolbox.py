@@ -31,7 +31,15 @@ from hessview import _validation as check
 from hessview._io import atomic_path
 from hessview.blocks import write_row_blocks
 from hessview.cg import conjugate_gradient
-from hessview.distributed import CURVATURES, DaskBackend, LocalBackend, check_client, make_shards, n_workers
+from hessview.distributed import (
+    CURVATURES,
+    DaskBackend,
+    LocalBackend,
+    Shard,
+    check_client,
+    make_shards,
+    n_workers,
+)
 from hessview.extrapolation import Extrapolation, projected_norms
 from hessview.hessian import (
     CurvatureTooLargeError,
@@ -43,6 +51,8 @@ from hessview.hessian import (
 from hessview.losses import LOSSES, per_sample_loss
 from hessview.lowrank import LowRankInverse, top_eigenpairs
 from hessview.params import FlatModel
+from hessview.screening import RTOL as SCREENING_RTOL
+from hessview.screening import frobenius_estimate, saturated
 from hessview.spectrum import choose_damping, damped_inverse, default_rank, top_directions
 from hessview.uncertainty import Uncertainty, bootstrap_weights, resampled_shifts, summarise
 
@@ -84,6 +94,11 @@ class HessianToolbox:
         client: a ``dask.distributed.Client``: per-sample gradients, curvature blocks and products summed
             over data shards, and influence blocks then run on its workers. ``None`` runs in process.
         lanczos_tol: relative accuracy of the Lanczos eigenpairs (ARPACK's ``tol``).
+        screen: for ``method="exact"`` in process with cross-entropy, assemble the curvature from the
+            samples with ``1 - p(label)`` above float64's unit roundoff only, and check that the others add
+            less than ``1e-12`` of it (:mod:`hessview.screening`; ``n_screened_`` and
+            ``screening_residual_`` report it; the samples are added after all when the check fails).
+            ``False`` sums over every sample.
 
     Example:
         >>> torch.manual_seed(0) and None
@@ -113,6 +128,7 @@ class HessianToolbox:
         curvature: str = "hessian",
         client=None,
         lanczos_tol: float = 1e-6,
+        screen: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -145,6 +161,10 @@ class HessianToolbox:
         self.curvature = curvature
         self.client = client
         self.lanczos_tol = float(lanczos_tol)
+        if not isinstance(screen, bool):
+            raise TypeError(f"screen must be True or False, not {screen!r}")
+        self.screen = screen
+        self.n_screened_, self.screening_residual_ = 0, None
         self.loss = loss
         self.weight_decay = float(weight_decay)
         self.damping = damping
@@ -292,16 +312,23 @@ class HessianToolbox:
             shards = make_shards(self.flat, X, y, self.loss, data_chunk)
             self._backend = LocalBackend(shards)
         hessian = self.weight_decay * torch.eye(self.n_params, dtype=self.dtype, device=theta.device)
-        parts = self._get_backend().map(
+        left_out = self._saturated() if self.client is None else torch.zeros(n, dtype=torch.bool)
+        if left_out.any():
+            kept = LocalBackend(self._subset_shards(~left_out, data_chunk))
+        else:
+            kept = self._get_backend()
+        for part in kept.map(
             "dense_curvature",
             self.curvature,
             row_chunk,
             self.progress,
             progress=self.progress,
             desc="Hessian",
-        )
-        for part in parts:
+        ):
             hessian += part
+        self.n_screened_, self.screening_residual_ = 0, None
+        if left_out.any():
+            hessian += self._screened_curvature(left_out, data_chunk, row_chunk, hessian)
         self.hessian = hessian
         eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
         # row-major like a loaded cache, so that a saved and reloaded toolbox gives identical numbers
@@ -310,6 +337,39 @@ class HessianToolbox:
             self.train_gradients = per_sample_gradients(self._sample_loss, theta, X, y)
         else:
             self.train_gradients = torch.cat(self._get_backend().map("gradients"))
+
+    def _saturated(self) -> torch.Tensor:
+        """Samples whose curvature vanishes in float64 (:mod:`hessview.screening`); none unless screening."""
+        if not self.screen or self.loss != "cross_entropy":
+            return torch.zeros(self.n_train, dtype=torch.bool, device=self.X_train.device)
+        probabilities = torch.cat(
+            [self._outputs(self.X_train[i : i + 1024]).softmax(dim=1) for i in range(0, self.n_train, 1024)]
+        )
+        return saturated(probabilities, self.y_train)
+
+    def _subset_shards(self, mask: torch.Tensor, size: int) -> list[Shard]:
+        X, y = self.X_train[mask], self.y_train[mask]
+        return [
+            Shard(self.flat, X[i : i + size], y[i : i + size], self.loss, self.n_train, 0)
+            for i in range(0, X.shape[0], size)
+        ]
+
+    def _screened_curvature(
+        self, left_out, data_chunk: int, row_chunk: int, kept: torch.Tensor
+    ) -> torch.Tensor:
+        """Zero when the left-out samples' curvature is below ``RTOL`` of the rest, else that curvature."""
+        shards = self._subset_shards(left_out, data_chunk)
+        estimate = frobenius_estimate(
+            lambda V: sum(shard.curvature_matmat(V, self.curvature) for shard in shards),
+            self.n_params,
+            dtype=self.dtype,
+        )
+        eye = torch.eye(self.n_params, dtype=self.dtype, device=kept.device)
+        self.screening_residual_ = estimate / max(float((kept - self.weight_decay * eye).norm()), 1e-300)
+        if self.screening_residual_ <= SCREENING_RTOL:
+            self.n_screened_ = int(left_out.sum())
+            return torch.zeros_like(kept)
+        return sum(shard.dense_curvature(self.curvature, row_chunk) for shard in shards)
 
     def curvature_matmat(self, M: torch.Tensor) -> torch.Tensor:
         """Matrix-free ``(C + weight_decay I) M`` for ``M`` ``(P, k)``, ``C`` the data curvature."""
@@ -385,6 +445,12 @@ class HessianToolbox:
             f"  negative eigenvalues {self.n_negative_}{kept}",
             f"  damping             {self.damping_:.3g}: {self.damping_reason_}",
         ]
+        if self.n_screened_:
+            lines.append(
+                f"  curvature samples   {self.n_train - self.n_screened_} of {self.n_train}: the other "
+                f"{self.n_screened_} have 1 - p(label) < 1.1e-16 and add ~{self.screening_residual_:.1g} of "
+                "its Frobenius norm (Hutchinson estimate), below float64 rounding of the sum"
+            )
         if self.n_damped_ > len(self.eigenvalues) // 2:
             lines.append(
                 f"  damping dominates   delta > |lambda| along {self.n_damped_} of {len(self.eigenvalues)} "
@@ -532,7 +598,12 @@ class HessianToolbox:
 
         dtype = np.dtype(str(self.dtype).removeprefix("torch."))
         return write_row_blocks(
-            path, (X.shape[0], self.n_train), block_size, rows, dtype=dtype, progress=self.progress,
+            path,
+            (X.shape[0], self.n_train),
+            block_size,
+            rows,
+            dtype=dtype,
+            progress=self.progress,
             desc="influence blocks",
         )
 
@@ -682,6 +753,8 @@ class HessianToolbox:
             "rank": self.rank,
             "curvature": self.curvature,
             "lanczos_tol": self.lanczos_tol,
+            "screen": self.screen,
+            "screening": [self.n_screened_, self.screening_residual_],
             "loss": self.loss,
             "weight_decay": self.weight_decay,
             "damping": self.damping,
@@ -752,7 +825,9 @@ class HessianToolbox:
             curvature=meta.get("curvature", "hessian"),
             client=client,
             lanczos_tol=meta.get("lanczos_tol", 1e-6),
+            screen=meta.get("screen", True),
         )
+        toolbox.n_screened_, toolbox.screening_residual_ = meta.get("screening", [0, None])
         if toolbox.data_fingerprint() != meta["data_fingerprint"]:
             raise ValueError(f"{path} is corrupt: its training data do not match its fingerprint")
         toolbox.method_ = meta.get("method", "exact")

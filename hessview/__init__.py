@@ -1,12 +1,9 @@
 """hessview: a Hessian engine and Jupyter widgets for reliable and interpretable ML in physics.
 
 The compute core (``HessianToolbox``, ``Landscape``, ``hessview.datasets``, ``hessview.models``) knows
-nothing of widgets; the widgets (``Explorer``, ``LandscapeExplorer``) are imported lazily so that the core
-works without a browser front end.
+nothing of widgets. Every public name is imported on first use: the core works without a browser front
+end, and the app, which reads precomputed results, starts without importing torch.
 """
-
-from hessview.hessian import CurvatureTooLargeError
-from hessview.toolbox import HessianToolbox, NotStationaryWarning
 
 __all__ = [
     "CurvatureTooLargeError",
@@ -19,6 +16,9 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
+    "CurvatureTooLargeError": "hessview.hessian",
+    "HessianToolbox": "hessview.toolbox",
+    "NotStationaryWarning": "hessview.toolbox",
     "Explorer": "hessview.widgets",
     "LandscapeExplorer": "hessview.widgets.landscape_explorer",
     "Landscape": "hessview.landscape",

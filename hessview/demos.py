@@ -78,6 +78,8 @@ class Demo:
         render: ``"1d"`` (a vector per sample) or ``"2d"`` (an image per sample).
         class_names: names of the classes, in label order.
         report: training report (final loss, gradient norms, accuracy) and settings.
+        scaler: the input scaling fitted on the training states (Fermi-Hubbard demos; ``None`` for Ising):
+            ``scaler.transform(states)[:, None, :]`` makes new ground states model inputs.
     """
 
     name: str
@@ -92,6 +94,7 @@ class Demo:
     render: str
     class_names: list
     report: dict
+    scaler: MinMaxScaler | None = None
 
 
 def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bool = False) -> Demo:
@@ -137,7 +140,8 @@ def _read(folder: Path, name: str, progress: bool) -> Demo:
     return Demo(name=name, title=meta["title"], toolbox=toolbox, model=model,
                 X_test=arrays["X_test"], y_test=arrays["y_test"], x=arrays["x"],
                 x_label=meta["x_label"], train_x=arrays["train_x"], render=meta["render"],
-                class_names=meta["class_names"], report=meta["report"])
+                class_names=meta["class_names"], report=meta["report"],
+                scaler=MinMaxScaler.from_json(json.dumps(meta["scaler"])) if "scaler" in meta else None)
 
 
 def _write(folder: Path, settings: dict, model, toolbox, arrays: dict, result, **meta) -> None:

@@ -272,6 +272,19 @@ class HessianToolbox:
             )
         return self
 
+    def set_damping(self, damping: str | float) -> HessianToolbox:
+        """Use another damping, ``"auto"`` or a float ``>= 0``, from now on, without refitting; returns self.
+
+        Every later query uses ``(H + delta I)^-1`` with the new ``delta``: the curvature and its
+        eigendecomposition are reused, so comparing dampings costs no new Hessian.
+        """
+        self._require_fit()
+        if damping != "auto" and (not _is_real(damping) or not math.isfinite(damping) or damping < 0):
+            raise ValueError(f"damping must be 'auto' or a finite number >= 0, not {damping!r}")
+        self.damping = damping
+        self._set_derived()
+        return self
+
     def _choose_method(self) -> tuple[str, str]:
         if self.method == "exact":
             check_dense_memory(self.n_params, self.dtype)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hessview import HessianToolbox, demos
-from hessview.datasets import CRITICAL_TEMPERATURE
+from hessview.datasets import CRITICAL_TEMPERATURE, fermi_hubbard_split
 
 SMALL = {
     "ising": {"version": 1, "L": 8, "train_T": [1.5, 3.5, 6], "test_T": [1.6, 3.4, 4],
@@ -59,6 +59,9 @@ def test_fermi_hubbard_demo_has_the_papers_input_shape_and_test_grid(small):
     assert demo.class_names == ["LL", "CDW-I"]
     assert sum(p.numel() for p in demo.model.parameters()) == 740
     assert 0.0 <= demo.X_test.min() and demo.toolbox.X_train.max() == pytest.approx(1.0)
+    # the exposed scaler maps the raw training states (every 100th of the grid) onto the model's inputs
+    states = fermi_hubbard_split("train", progress=False).X[::100]
+    np.testing.assert_allclose(demo.scaler.transform(states)[:, None, :], demo.toolbox.X_train.numpy())
 
 
 def test_changed_settings_or_interrupted_build_rebuild(small, monkeypatch):

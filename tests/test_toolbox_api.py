@@ -230,3 +230,14 @@ def test_summary_says_when_the_damping_dominates_the_spectrum(fitted, data):
         assert tb.n_damped_ == int((eigenvalues.abs() < damping).sum())
         assert ("damping dominates" in tb.summary()) == (tb.n_damped_ > tb.n_params // 2)
     assert tb.n_damped_ == 0 and eigenvalues.min() > 0  # damping 0 on a positive-definite Hessian
+
+
+def test_set_damping_equals_a_fit_with_that_damping(fitted, data):
+    model, tb = fitted
+    X, y = data
+    refit = HessianToolbox(model, X, y, weight_decay=0.1, damping=0.5, progress=False).fit()
+    np.testing.assert_allclose(tb.set_damping(0.5).influence(X[:4]), refit.influence(X[:4]), rtol=1e-10)
+    assert tb.damping_ == 0.5
+    with pytest.raises(ValueError, match="damping"):
+        tb.set_damping(-1.0)
+    tb.set_damping("auto")

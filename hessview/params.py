@@ -58,8 +58,11 @@ class FlatModel:
         return functional_call(self.module, {**self.unflatten(theta), **self.fixed}, (X,))
 
     def fingerprint(self) -> str:
-        """SHA-256 of the architecture and every parameter and buffer value (identifies the model)."""
+        """SHA-256 of the architecture, every parameter and buffer value, and which parameters are frozen."""
         digest = hashlib.sha256(repr(self.module).encode())
+        frozen = sorted(n for n, p in self.module.named_parameters() if not p.requires_grad)
+        if frozen:  # (all-trainable models keep the fingerprint they had before frozen ones were told apart)
+            digest.update(("frozen: " + " ".join(frozen)).encode())
         for name, tensor in sorted(self.module.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())

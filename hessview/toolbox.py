@@ -150,6 +150,9 @@ class HessianToolbox:
         self.flat = FlatModel(model, dtype)
         if self.flat.n_params == 0:
             raise ValueError("the model has no trainable parameters (none with requires_grad=True)")
+        bad = [n for n, p in self.flat.module.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise ValueError(f"the model's parameters contain NaN or inf: {', '.join(bad)}")
         if rank is not None and (
             isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < self.flat.n_params
         ):

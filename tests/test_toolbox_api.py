@@ -1,5 +1,6 @@
 """The toolbox's contract: bad input refused by name, damping, warnings, memory guard, safe persistence."""
 
+import copy
 import warnings
 
 import numpy as np
@@ -195,6 +196,19 @@ def test_load_refuses_another_model_or_data(fitted, tmp_path):
         HessianToolbox.load(path, other)
     with pytest.raises(ValueError, match="different training data"):
         HessianToolbox.load(path, model, tb.X_train + 1.0, tb.y_train)
+    frozen = copy.deepcopy(model)  # same values, but one layer no longer trainable: another Hessian
+    frozen[0].bias.requires_grad_(False)
+    with pytest.raises(ValueError, match="different model"):
+        HessianToolbox.load(path, frozen)
+
+
+def test_non_finite_parameters_are_refused(data):
+    X, y = data
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.bias[1] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf: bias"):
+        HessianToolbox(model, X, y)
 
 
 def test_load_never_unpickles(fitted, tmp_path):

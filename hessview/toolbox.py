@@ -650,15 +650,18 @@ class HessianToolbox:
         """Resampling Uncertainty Estimation (see :mod:`hessview.uncertainty`).
 
         Every one of the ``n_resamples`` bootstrap models predicts every test point; ``loss_var`` uses
-        ``y_test``, or the labels predicted at ``theta`` when it is None (classification only).
+        ``y_test``, or the labels predicted at ``theta`` when it is None (for regression without targets
+        it is NaN: the predictions' spread needs no targets).
         """
         self._require_fit()
+        if isinstance(n_resamples, np.integer):
+            n_resamples = int(n_resamples)
         if not isinstance(n_resamples, int) or n_resamples < 2:
             raise ValueError(f"n_resamples must be an integer >= 2, not {n_resamples!r}")
         if not 0 < level < 1:
             raise ValueError(f"level must lie strictly between 0 and 1, not {level!r}")
         X = self._inputs(X_test)
-        labels = self._labels(X, y_test)
+        labels = None if self.loss == "mse" and y_test is None else self._labels(X, y_test)
         weights = bootstrap_weights(self.n_train, n_resamples, seed)
         if self.method_ == "exact":
             shifts = resampled_shifts(self.train_gradients, self._inverse, weights)
@@ -677,7 +680,10 @@ class HessianToolbox:
                 for i in range(0, n_resamples, batch)
             ]
         )
-        losses = torch.stack([per_sample_loss(self.loss, out, labels) for out in outputs])
+        if labels is None:
+            losses = torch.full(outputs.shape[:2], float("nan"), dtype=outputs.dtype)
+        else:
+            losses = torch.stack([per_sample_loss(self.loss, out, labels) for out in outputs])
         if self.loss == "cross_entropy":
             outputs = torch.softmax(outputs, dim=-1)
         return summarise(outputs.cpu().numpy(), losses.cpu().numpy(), level, seed)
@@ -724,6 +730,8 @@ class HessianToolbox:
         top = self.n_params if self.method_ == "exact" else self.rank
         if m is None:
             m = min(default_rank(self.eigenvalues - self.weight_decay), self.n_params - 1, top)
+        if isinstance(m, np.integer):
+            m = int(m)
         if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= top:
             kept = "" if self.method_ == "exact" else f" (method='lowrank' keeps {self.rank} directions)"
             raise ValueError(f"m must be an integer in [0, {top}]{kept}, not {m!r}")

@@ -62,9 +62,11 @@ def test_regression_uncertainty_has_value_shape():
     model = train_model(nn.Linear(1, 1), X, y[:, None], loss="mse", weight_decay=0.01)
     tb = HessianToolbox(model, X, y[:, None], loss="mse", weight_decay=0.01, progress=False).fit()
     rue = tb.uncertainty(X[:3], y[:3, None], n_resamples=40)
-    assert rue.mean.shape == (3, 1) and np.all(rue.std > 0)
-    with pytest.raises(ValueError, match="y_test is required"):
-        tb.uncertainty(X[:3], n_resamples=40)
+    assert rue.mean.shape == (3, 1) and np.all(rue.std > 0) and np.all(np.isfinite(rue.loss_var))
+    # without targets the spread of the predictions is the same; only the loss variance is undefined
+    blind = tb.uncertainty(X[:3], n_resamples=np.int64(40))
+    np.testing.assert_array_equal(blind.std, rue.std)
+    assert np.all(np.isnan(blind.loss_var))
 
 
 def test_extrapolation_flags_inputs_outside_the_training_range():

@@ -90,6 +90,7 @@ class Shard:
     def curvature_matmat(self, V: torch.Tensor, curvature: str) -> torch.Tensor:
         """``C v`` for each row ``v`` of ``V`` ``(k, P)``, ``C`` the shard's Hessian or GGN; matrix-free."""
         samples, vectors = default_chunks(self.X.shape[0], self.X[0].numel(), V.shape[0], PASS_BYTES)
+        samples = even_size(self.X.shape[0], samples)
         out = torch.zeros_like(V)
         for i in range(0, self.X.shape[0], samples):
             X, y = self.X[i : i + samples], self.y[i : i + samples]
@@ -145,9 +146,20 @@ def gradient_batch(n_params: int, itemsize: int = 8) -> int:
     return max(1, min(512, int(GRADIENT_BYTES // (itemsize * max(1, n_params)))))
 
 
+def even_size(n: int, most: int) -> int:
+    """The size of the fewest equal pieces of at most ``most`` covering ``n`` (no small remainder piece).
+
+    >>> even_size(10_000, 4882), even_size(2000, 976), even_size(7, 10)
+    (3334, 667, 7)
+    """
+    pieces = -(-n // max(1, most))
+    return -(-n // max(1, pieces))
+
+
 def make_shards(flat: FlatModel, X, y, loss: str, shard_size: int) -> list[Shard]:
-    """Consecutive shards of at most ``shard_size`` samples."""
+    """Consecutive shards of at most ``shard_size`` samples, as equal in size as possible."""
     n = X.shape[0]
+    shard_size = even_size(n, shard_size)
     return [
         Shard(flat, X[i : i + shard_size], y[i : i + shard_size], loss, n, i) for i in range(0, n, shard_size)
     ]

@@ -17,6 +17,7 @@ import numpy as np
 from traitlets import Enum, HasTraits, Int, TraitError, Unicode, validate
 
 from hessview.landscape import ConservedWeights, Landscape
+from hessview.widgets.plots import figure
 
 BASIN_COLOURS = [
     "#1f77b4",
@@ -62,14 +63,7 @@ class LandscapeState(HasTraits):
 
 
 def _figure(marks, axes, title: str, height: str, **kwargs) -> bq.Figure:
-    return bq.Figure(
-        marks=marks,
-        axes=axes,
-        title=title,
-        fig_margin=dict(_MARGIN),
-        layout=widgets.Layout(width="100%", height=height, min_width="300px"),
-        **kwargs,
-    )
+    return figure(marks, axes, title, height, margin=_MARGIN, min_width="300px", **kwargs)
 
 
 class LandscapeExplorer(widgets.VBox):

@@ -34,13 +34,15 @@ def axis_scale(values: np.ndarray) -> bq.Scale:
     return bq.LinearScale()
 
 
-def _figure(marks, axes, title: str, height: str) -> bq.Figure:
+def figure(marks, axes, title: str, height: str, *, margin=None, min_width="320px", **kwargs) -> bq.Figure:
+    """A full-width bqplot figure of the given height (the explorers' common frame)."""
     return bq.Figure(
         marks=marks,
         axes=axes,
         title=title,
-        fig_margin=dict(_MARGIN),
-        layout=widgets.Layout(width="100%", height=height, min_width="320px"),
+        fig_margin=dict(margin or _MARGIN),
+        layout=widgets.Layout(width="100%", height=height, min_width=min_width),
+        **kwargs,
     )
 
 
@@ -100,7 +102,7 @@ class MainView:
             bq.Axis(scale=self.x_scale, label=x_label),
             bq.Axis(scale=self.y_scale, label=y_label, side="left"),
         ]
-        self.figure = _figure(
+        self.figure = figure(
             [self.intervals, self.cursor, self.points], axes, "Test points: click one", "340px"
         )
         legend = widgets.HTML(
@@ -180,7 +182,7 @@ class InfluenceView:
             scale=self.y_scale, label="influence", side="left", tick_format=".1e", label_offset="55px"
         )
         axes = [bq.Axis(scale=self.x_scale, label=train_x_label), self.y_axis]
-        self.figure = _figure([self.zero, self.dots, self.top], axes, "", "300px")
+        self.figure = figure([self.zero, self.dots, self.top], axes, "", "300px")
         self.figure.add_class("hv-dots")
         self.widget = widgets.VBox([widgets.HTML(self.CSS), self.figure, bq.Toolbar(figure=self.figure)])
         self.widget.add_class("hv-influence")
@@ -259,7 +261,7 @@ class SpectrumView:
             bq.Axis(scale=xy["x"], label="eigenvalue rank (ascending)"),
             bq.Axis(scale=xy["y"], label="log10 |lambda|", side="left"),
         ]
-        self.figure = _figure(marks, axes, "Hessian spectrum", "260px")
+        self.figure = figure(marks, axes, "Hessian spectrum", "260px")
         self.note = widgets.HTML(
             f"{eigenvalues.size} eigenvalues, {int(negative.sum())} negative "
             f'(<span style="color:{HARMFUL}">&#10005;</span>); dashed line: damping '

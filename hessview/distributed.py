@@ -161,12 +161,16 @@ def even_size(n: int, most: int) -> int:
     return -(-n // max(1, pieces))
 
 
-def make_shards(flat: FlatModel, X, y, loss: str, shard_size: int) -> list[Shard]:
-    """Consecutive shards of at most ``shard_size`` samples, as equal in size as possible."""
+def make_shards(flat: FlatModel, X, y, loss: str, shard_size: int, n_total: int | None = None) -> list[Shard]:
+    """Consecutive shards of at most ``shard_size`` samples, as equal in size as possible.
+
+    ``n_total``: the size of the whole training set when ``X`` is a subset of it (sums stay means over it).
+    """
     n = X.shape[0]
     shard_size = even_size(n, shard_size)
     return [
-        Shard(flat, X[i : i + shard_size], y[i : i + shard_size], loss, n, i) for i in range(0, n, shard_size)
+        Shard(flat, X[i : i + shard_size], y[i : i + shard_size], loss, n_total or n, i)
+        for i in range(0, n, shard_size)
     ]
 
 

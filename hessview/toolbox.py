@@ -138,8 +138,7 @@ class HessianToolbox:
             raise TypeError(f"dtype must be a floating torch dtype such as torch.float64, not {dtype!r}")
         if not _is_real(weight_decay) or not math.isfinite(weight_decay) or weight_decay < 0:
             raise ValueError(f"weight_decay must be a finite number >= 0, not {weight_decay!r}")
-        if damping != "auto" and (not _is_real(damping) or not math.isfinite(damping) or damping < 0):
-            raise ValueError(f"damping must be 'auto' or a finite number >= 0, not {damping!r}")
+        _check_damping(damping)
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         if curvature not in CURVATURES:
@@ -282,8 +281,7 @@ class HessianToolbox:
         eigendecomposition are reused, so comparing dampings costs no new Hessian.
         """
         self._require_fit()
-        if damping != "auto" and (not _is_real(damping) or not math.isfinite(damping) or damping < 0):
-            raise ValueError(f"damping must be 'auto' or a finite number >= 0, not {damping!r}")
+        _check_damping(damping)
         self.damping = damping
         self._set_derived()
         return self
@@ -327,24 +325,25 @@ class HessianToolbox:
         if self.client is None:
             shards = make_shards(self.flat, X, y, self.loss, data_chunk)
             self._backend = LocalBackend(shards)
-        hessian = self.weight_decay * torch.eye(self.n_params, dtype=self.dtype, device=theta.device)
-        left_out = self._saturated() if self.client is None else torch.zeros(n, dtype=torch.bool)
+        left_out = self._saturated()
         if left_out.any():
             kept = LocalBackend(self._subset_shards(~left_out, data_chunk))
         else:
             kept = self._get_backend()
-        for part in kept.map(
+        parts = kept.map(
             "dense_curvature",
             self.curvature,
             row_chunk,
             self.progress,
             progress=self.progress,
             desc="Hessian",
-        ):
-            hessian += part
+        )
+        eye = torch.eye(self.n_params, dtype=self.dtype, device=theta.device)
+        curvature = sum(parts, torch.zeros_like(eye))
         self.n_screened_, self.screening_residual_ = 0, None
         if left_out.any():
-            hessian += self._screened_curvature(left_out, data_chunk, row_chunk, hessian)
+            curvature += self._screened_curvature(left_out, data_chunk, row_chunk, curvature)
+        hessian = curvature + self.weight_decay * eye
         self.hessian = hessian
         eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
         # row-major like a loaded cache, so that a saved and reloaded toolbox gives identical numbers
@@ -356,7 +355,7 @@ class HessianToolbox:
 
     def _saturated(self) -> torch.Tensor:
         """Samples whose curvature vanishes in float64 (:mod:`hessview.screening`); none unless screening."""
-        if not self.screen or self.loss != "cross_entropy":
+        if not self.screen or self.loss != "cross_entropy" or self.client is not None:
             return torch.zeros(self.n_train, dtype=torch.bool, device=self.X_train.device)
         probabilities = torch.cat(
             [self._outputs(self.X_train[i : i + 1024]).softmax(dim=1) for i in range(0, self.n_train, 1024)]
@@ -364,24 +363,19 @@ class HessianToolbox:
         return saturated(probabilities, self.y_train)
 
     def _subset_shards(self, mask: torch.Tensor, size: int) -> list[Shard]:
-        X, y = self.X_train[mask], self.y_train[mask]
-        return [
-            Shard(self.flat, X[i : i + size], y[i : i + size], self.loss, self.n_train, 0)
-            for i in range(0, X.shape[0], size)
-        ]
+        return make_shards(self.flat, self.X_train[mask], self.y_train[mask], self.loss, size, self.n_train)
 
     def _screened_curvature(
         self, left_out, data_chunk: int, row_chunk: int, kept: torch.Tensor
     ) -> torch.Tensor:
-        """Zero when the left-out samples' curvature is below ``RTOL`` of the rest, else that curvature."""
+        """Zero when the left-out samples' curvature is below ``RTOL`` of ``kept``, else that curvature."""
         shards = self._subset_shards(left_out, data_chunk)
         estimate = frobenius_estimate(
             lambda V: sum(shard.curvature_matmat(V, self.curvature) for shard in shards),
             self.n_params,
             dtype=self.dtype,
         )
-        eye = torch.eye(self.n_params, dtype=self.dtype, device=kept.device)
-        self.screening_residual_ = estimate / max(float((kept - self.weight_decay * eye).norm()), 1e-300)
+        self.screening_residual_ = estimate / max(float(kept.norm()), 1e-300)
         if self.screening_residual_ <= SCREENING_RTOL:
             self.n_screened_ = int(left_out.sum())
             return torch.zeros_like(kept)
@@ -864,6 +858,11 @@ class HessianToolbox:
         toolbox._set_derived()
         toolbox._fitted = True
         return toolbox
+
+
+def _check_damping(damping) -> None:
+    if damping != "auto" and (not _is_real(damping) or not math.isfinite(damping) or damping < 0):
+        raise ValueError(f"damping must be 'auto' or a finite number >= 0, not {damping!r}")
 
 
 def _is_real(value) -> bool:

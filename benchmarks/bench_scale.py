@@ -154,11 +154,7 @@ def run_hessview(args, workdir: Path) -> dict:
         influence = tb.influence(X_test, y_test)
     np.save(workdir / "hessview_influence.npy", influence)
     return {
-        "fit_s": fit.wall,
-        "influence_s": query.wall,
-        "fit_cpu_s": fit.cpu,
-        "influence_cpu_s": query.cpu,
-        "lanczos_products": products["count"],
+        **timings(fit, query, products),
         "lanczos_cpu_s": products["cpu_s"],
         "method": tb.method_,
         "method_reason": tb.method_reason_,
@@ -166,6 +162,17 @@ def run_hessview(args, workdir: Path) -> dict:
         "eigenvalues": tb.eigenvalues.tolist(),
         "kept_train_gradients": "_train_gradients" in tb.__dict__,
         "summary": tb.summary(),
+    }
+
+
+def timings(fit: Timer, query: Timer, products: dict) -> dict:
+    """Wall and CPU seconds of the fit and the influence query, and the Lanczos product count."""
+    return {
+        "fit_s": fit.wall,
+        "influence_s": query.wall,
+        "fit_cpu_s": fit.cpu,
+        "influence_cpu_s": query.cpu,
+        "lanczos_products": products["count"],
     }
 
 
@@ -201,13 +208,7 @@ def run_pydvl(args, workdir: Path, regularization: float) -> dict:
             values.append(infl.influences(X_test, y_test, *batch))
         influence = torch.cat(values, dim=1).detach().numpy()
     np.save(workdir / "pydvl_influence.npy", influence)
-    return {
-        "fit_s": fit.wall,
-        "influence_s": query.wall,
-        "fit_cpu_s": fit.cpu,
-        "influence_cpu_s": query.cpu,
-        "lanczos_products": products["count"],
-    }
+    return timings(fit, query, products)
 
 
 def child(args) -> None:

@@ -25,8 +25,8 @@ import torch
 
 from hessview import HessianToolbox
 from hessview.datasets import fermi_hubbard_split
-from hessview.hessian import available_memory
-from hessview.losses import per_sample_loss
+from hessview.engine.hessian import available_memory
+from hessview.engine.losses import per_sample_loss
 from hessview.models import MinMaxScaler, load_published_weights
 
 
@@ -98,7 +98,7 @@ def main():
     if args.weights == "published":
         model = load_published_weights(torch.float64).eval()
     else:
-        from hessview.demos import load_demo
+        from hessview.app.demos import load_demo
 
         demo = load_demo("fermi-hubbard")
         assert torch.equal(demo.toolbox.X_train, X), "the demo was trained on other inputs"

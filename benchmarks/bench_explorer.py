@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hessview import cli  # noqa: E402
-from hessview.demos import load_demo  # noqa: E402
-from hessview.widgets.app import demo_explorer  # noqa: E402
+from hessview.app.demos import load_demo  # noqa: E402
+from hessview.app.voila import demo_explorer  # noqa: E402
 
 CHROMIUM_ARGS = [
     "--headless",

@@ -14,7 +14,7 @@ APP_NOTEBOOK_DEMOS = {"app.ipynb": None, "app-ising.ipynb": "ising"}  # None: th
 
 @functools.cache
 def _build(name: str) -> None:
-    from hessview.demos import load_demo
+    from hessview.app.demos import load_demo
 
     load_demo(name, progress=True)
 
@@ -23,6 +23,6 @@ def pytest_runtest_setup(item):
     """Before the first cell of an app notebook, make sure its demo is cached."""
     notebook = Path(str(item.fspath)).name
     if notebook in APP_NOTEBOOK_DEMOS:
-        from hessview.widgets.app import demo_name
+        from hessview.app.voila import demo_name
 
         _build(demo_name(APP_NOTEBOOK_DEMOS[notebook]))

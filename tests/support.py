@@ -6,8 +6,8 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from hessview.losses import per_sample_loss
-from hessview.params import FlatModel
+from hessview.engine.losses import per_sample_loss
+from hessview.engine.params import FlatModel
 
 
 def objective(flat: FlatModel, X, y, loss: str, weight_decay: float, weights=None):

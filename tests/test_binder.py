@@ -22,8 +22,12 @@ BINDER = ROOT / "binder"
 
 
 def runtime_dependencies() -> dict[str, Requirement]:
+    """The engine's dependencies and those of every extra the app needs (widgets, app, all)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return {canonicalize_name(r.name): r for r in map(Requirement, project["dependencies"])}
+    extras = project["optional-dependencies"]
+    names = [*project["dependencies"], *extras["widgets"], *extras["app"], *extras["all"]]
+    requirements = (Requirement(r) for r in names)
+    return {canonicalize_name(r.name): r for r in requirements if canonicalize_name(r.name) != "hessview"}
 
 
 def binder_pins() -> dict[str, Version]:
@@ -104,4 +108,4 @@ def test_scripts_are_executable_and_share_the_cache_directory(script):
 def test_post_build_installs_hessview_and_precomputes_every_demo():
     text = (BINDER / "postBuild").read_text()
     assert "pip install --no-deps -e ." in text
-    assert "\nhessview build\n" in text  # no name: every demo (see hessview.cli)
+    assert "\nhessview build\n" in text  # no name: every demo (see hessview.app.cli)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-import hessview.toolbox
+import hessview.engine.toolbox
 from hessview import HessianToolbox
 
 
@@ -19,14 +19,14 @@ def data():
 def fitted(data, **kw):
     X, y = data
     torch.manual_seed(0)
-    with pytest.warns(hessview.toolbox.NotStationaryWarning):
+    with pytest.warns(hessview.engine.toolbox.NotStationaryWarning):
         return HessianToolbox(nn.Linear(3, 2), X, y, weight_decay=0.1, progress=False, **kw).fit()
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(method="lowrank", rank=3)])
 def test_blocks_on_disk_equal_the_in_memory_influence(data, tmp_path, kw, monkeypatch):
     if kw:  # low rank with the training gradients recomputed for every block
-        monkeypatch.setattr(hessview.toolbox, "available_memory", lambda: 1_000)
+        monkeypatch.setattr(hessview.engine.toolbox, "available_memory", lambda: 1_000)
     tb = fitted(data, **kw)
     X_test = data[0][:23] * 1.5
     mapped = tb.influence_to_disk(X_test, tmp_path / "influence.npy", block_size=5)

@@ -7,7 +7,7 @@ from support import train_model
 from torch import nn
 
 from hessview import HessianToolbox
-from hessview.cg import ConjugateGradientWarning, conjugate_gradient
+from hessview.engine.cg import ConjugateGradientWarning, conjugate_gradient
 
 
 def spd(n, seed=0, condition=100.0):

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import hessview.cli as cli
+import hessview.app.cli as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = os.environ.get("HESSVIEW_DEMO", "fermi-hubbard")  # served by the end-to-end test below
@@ -82,11 +82,11 @@ def test_app_notebook_written_when_hessview_is_installed_without_notebooks(tmp_p
 
 
 def test_build_loads_every_demo_with_progress(monkeypatch):
-    import hessview.demos
+    import hessview.app.demos
 
     calls = []
     monkeypatch.setattr(
-        hessview.demos,
+        hessview.app.demos,
         "load_demo",
         lambda name, *, progress=True, rebuild=False: calls.append((name, progress, rebuild)),
     )
@@ -114,7 +114,7 @@ def listening_addresses(port: int) -> set[str]:
 
 @pytest.fixture(scope="module")
 def demo_cache():
-    from hessview.demos import load_demo
+    from hessview.app.demos import load_demo
 
     return load_demo(DEMO, progress=False)
 
@@ -122,7 +122,7 @@ def demo_cache():
 def test_app_serves_the_explorer_on_localhost(demo_cache):
     port = cli.free_port(18866)
     server = subprocess.Popen(
-        [sys.executable, "-m", "hessview.cli", "app", DEMO, "--no-browser", "--port", str(port)],
+        [sys.executable, "-m", "hessview.app.cli", "app", DEMO, "--no-browser", "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -6,9 +6,9 @@ import torch
 from support import train_model
 from torch import nn
 
-import hessview.distributed
-import hessview.params
-import hessview.toolbox
+import hessview.engine.distributed
+import hessview.engine.params
+import hessview.engine.toolbox
 from hessview import HessianToolbox
 
 distributed = pytest.importorskip("distributed")
@@ -58,7 +58,8 @@ def test_exact_mode_on_dask_equals_single_process(client, problem):
 
 def test_lowrank_mode_on_dask_equals_single_process(client, problem, monkeypatch):
     model, X, y, X_test = problem
-    monkeypatch.setattr(hessview.toolbox, "available_memory", lambda: 1_000)  # stream training gradients
+    # stream the training gradients
+    monkeypatch.setattr(hessview.engine.toolbox, "available_memory", lambda: 1_000)
     # rank 4 ends at a spectral gap (below it a near-degenerate cluster), tol=0: machine-precision pairs
     local, remote = both(model, X, y, client, method="lowrank", rank=4, lanczos_tol=0)
     np.testing.assert_allclose(remote.eigenvalues.numpy(), local.eigenvalues.numpy(), rtol=1e-10)
@@ -87,8 +88,8 @@ def test_shard_work_from_many_threads_equals_one_after_another():
     """Dask workers run tasks in threads of one process; torch.func breaks unless they take turns."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from hessview.distributed import _call, make_shards
-    from hessview.params import FlatModel
+    from hessview.engine.distributed import _call, make_shards
+    from hessview.engine.params import FlatModel
 
     g = torch.Generator().manual_seed(1)
     X = torch.randn(200, 3, generator=g, dtype=torch.float64)
@@ -125,9 +126,9 @@ def small_cnn_problem():
 
 @pytest.mark.parametrize("n_vectors", [1, 3])  # one vector: double backward; several: vmapped jvp of grad
 def test_curvature_products_in_small_passes_equal_the_autograd_hessian(monkeypatch, n_vectors):
-    from hessview.distributed import make_shards
-    from hessview.losses import per_sample_loss
-    from hessview.params import FlatModel
+    from hessview.engine.distributed import make_shards
+    from hessview.engine.losses import per_sample_loss
+    from hessview.engine.params import FlatModel
 
     model, X, y = small_cnn_problem()
     flat = FlatModel(model, torch.float64)
@@ -135,7 +136,8 @@ def test_curvature_products_in_small_passes_equal_the_autograd_hessian(monkeypat
         lambda t: per_sample_loss("cross_entropy", flat(t, X), y).mean(), flat.theta
     )
     V = torch.randn(n_vectors, flat.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(hessview.distributed, "PASS_BYTES", 8 * 36 * 2)  # passes of 2 samples, 1-2 vectors
+    # passes of 2 samples, 1-2 vectors
+    monkeypatch.setattr(hessview.engine.distributed, "PASS_BYTES", 8 * 36 * 2)
     shards = make_shards(flat, X, y, "cross_entropy", 10)
     products = sum(shard.curvature_matmat(V, "hessian") for shard in shards)
     torch.testing.assert_close(products, V @ H, rtol=1e-10, atol=1e-13)
@@ -143,11 +145,11 @@ def test_curvature_products_in_small_passes_equal_the_autograd_hessian(monkeypat
 
 def test_kept_gradients_are_written_in_place_and_equal_autograd(client, monkeypatch):
     """Low-rank fits keep G when it fits: filled shard by shard (in process and from Dask workers)."""
-    from hessview.losses import per_sample_loss
+    from hessview.engine.losses import per_sample_loss
 
     model, X, y = small_cnn_problem()
-    monkeypatch.setattr(hessview.distributed, "GRADIENT_BYTES", 8 * 3 * 100)  # 3 gradients per pass
-    flat = hessview.params.FlatModel(model, torch.float64)
+    monkeypatch.setattr(hessview.engine.distributed, "GRADIENT_BYTES", 8 * 3 * 100)  # 3 gradients per pass
+    flat = hessview.engine.params.FlatModel(model, torch.float64)
     truth = []
     for x, label in zip(X, y, strict=True):
         theta = flat.theta.clone().requires_grad_(True)
@@ -158,7 +160,7 @@ def test_kept_gradients_are_written_in_place_and_equal_autograd(client, monkeypa
         tb = HessianToolbox(
             model, X, y, weight_decay=0.05, method="lowrank", rank=3, progress=False, client=c
         )
-        with pytest.warns(hessview.toolbox.NotStationaryWarning):
+        with pytest.warns(hessview.engine.toolbox.NotStationaryWarning):
             tb.fit()
         torch.testing.assert_close(tb.train_gradients, truth, rtol=1e-12, atol=1e-14)
         assert tb.median_sample_gradient_norm_ == pytest.approx(float(truth.norm(dim=1).median()))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hessview.cli as cli
+import hessview.app.cli as cli
 
 pytestmark = pytest.mark.browser
 
@@ -87,7 +87,7 @@ CLICKABLE_DOTS = """() => {
 
 @pytest.fixture(scope="module")
 def demo():
-    from hessview.demos import load_demo
+    from hessview.app.demos import load_demo
 
     return load_demo(DEMO, progress=False)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from hessview import HessianToolbox
-from hessview.losses import per_sample_loss
+from hessview.engine.losses import per_sample_loss
 
 
 def problem(loss, seed=0, n=30):

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-import hessview.toolbox
+import hessview.engine.toolbox
 from hessview import HessianToolbox
-from hessview.hessian import flat_hessian
-from hessview.losses import per_sample_loss
+from hessview.engine.hessian import flat_hessian
+from hessview.engine.losses import per_sample_loss
 
 
 def mlp(out=2):
@@ -87,7 +87,7 @@ def test_hessian_in_eval_mode_ignores_dropout(recwarn):
 def test_chunked_hessian_equals_one_pass(monkeypatch, recwarn):
     model, X, y, loss = make_case("cnn-classification")
     whole = HessianToolbox(model, X, y, loss=loss, progress=False).fit().hessian
-    monkeypatch.setattr(hessview.toolbox, "default_chunks", lambda *a, **k: (7, 3))
+    monkeypatch.setattr(hessview.engine.toolbox, "default_chunks", lambda *a, **k: (7, 3))
     chunked = HessianToolbox(model, X, y, loss=loss, progress=False).fit().hessian
     assert torch.allclose(whole, chunked, atol=1e-12)
 

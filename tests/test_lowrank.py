@@ -8,10 +8,10 @@ import torch
 from support import pearson, train_model
 from torch import nn
 
-import hessview.hessian
-import hessview.toolbox
+import hessview.engine.hessian
+import hessview.engine.toolbox
 from hessview import HessianToolbox
-from hessview.lowrank import LowRankInverse, top_eigenpairs
+from hessview.engine.lowrank import LowRankInverse, top_eigenpairs
 
 WD = 0.05
 
@@ -91,7 +91,7 @@ def test_lowrank_inverse_is_exact_when_the_data_curvature_has_rank_r(monkeypatch
     a, b = tb.uncertainty(X_test[:6], n_resamples=30), exact.uncertainty(X_test[:6], n_resamples=30)
     np.testing.assert_allclose(a.samples, b.samples, rtol=1e-7, atol=1e-12)
     # the same when the training gradients are not kept but recomputed shard by shard
-    monkeypatch.setattr(hessview.toolbox, "available_memory", lambda: 1_000)
+    monkeypatch.setattr(hessview.engine.toolbox, "available_memory", lambda: 1_000)
     streamed = lowrank(model, X, y, rank=3, weight_decay=0.1, lanczos_tol=0)
     assert "_train_gradients" not in streamed.__dict__
     with pytest.raises(AttributeError, match="not kept"):
@@ -167,7 +167,7 @@ def test_auto_picks_by_memory_and_says_so(trained, monkeypatch):
     assert tb.method_ == "exact" and "auto" in tb.method_reason_
     torch.testing.assert_close(tb.hessian, exact.hessian)
     assert "method              exact: auto" in tb.summary()
-    monkeypatch.setattr(hessview.hessian, "available_memory", lambda: 10_000)
+    monkeypatch.setattr(hessview.engine.hessian, "available_memory", lambda: 10_000)
     tb = HessianToolbox(model, X, y, weight_decay=WD, method="auto", rank=6, progress=False).fit()
     assert tb.method_ == "lowrank" and "GB" in tb.method_reason_
     assert "method              lowrank: auto: top 6 eigenpairs by Lanczos" in tb.summary()
@@ -178,8 +178,8 @@ def test_auto_picks_by_memory_and_says_so(trained, monkeypatch):
 
 def test_memory_guard_points_to_lowrank(trained, monkeypatch):
     model, X, y, _ = trained
-    monkeypatch.setattr(hessview.hessian, "available_memory", lambda: 1_000)
-    with pytest.raises(hessview.hessian.CurvatureTooLargeError, match="method='lowrank'"):
+    monkeypatch.setattr(hessview.engine.hessian, "available_memory", lambda: 1_000)
+    with pytest.raises(hessview.engine.hessian.CurvatureTooLargeError, match="method='lowrank'"):
         HessianToolbox(model, X, y, progress=False).fit()
 
 

@@ -9,8 +9,8 @@ the notebooks read the same builds.
 import numpy as np
 import pytest
 
+from hessview.app.demos import load_demo
 from hessview.datasets import fermi_hubbard_split
-from hessview.demos import load_demo
 from hessview.models import MinMaxScaler
 
 pytestmark = pytest.mark.slow

@@ -6,10 +6,10 @@ import torch
 from support import objective, train_model
 from torch import nn
 
-import hessview.toolbox
+import hessview.engine.toolbox
 from hessview import HessianToolbox
-from hessview.params import FlatModel
-from hessview.screening import frobenius_estimate, saturated
+from hessview.engine.params import FlatModel
+from hessview.engine.screening import frobenius_estimate, saturated
 
 WEIGHT_DECAY = 1e-2
 
@@ -46,7 +46,7 @@ def test_screened_hessian_equals_autograd(confident, tmp_path):
 def test_samples_that_matter_are_added_after_all(confident, monkeypatch):
     model, X, y = confident
     # pretend every other sample were saturated: the check must notice their curvature and add it
-    monkeypatch.setattr(hessview.toolbox, "saturated", lambda p, y: torch.arange(len(y)) % 2 == 0)
+    monkeypatch.setattr(hessview.engine.toolbox, "saturated", lambda p, y: torch.arange(len(y)) % 2 == 0)
     tb = HessianToolbox(model, X, y, weight_decay=WEIGHT_DECAY, progress=False).fit()
     assert tb.n_screened_ == 0 and tb.screening_residual_ > 1e-3
     truth = autograd_hessian(model, X, y)

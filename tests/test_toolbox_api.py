@@ -9,10 +9,10 @@ import torch
 from support import train_model
 from torch import nn
 
-import hessview.hessian
+import hessview.engine.hessian
 from hessview import HessianToolbox
-from hessview.hessian import CurvatureTooLargeError
-from hessview.toolbox import NotStationaryWarning
+from hessview.engine.hessian import CurvatureTooLargeError
+from hessview.engine.toolbox import NotStationaryWarning
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ def test_float_damping_is_used_as_given_and_too_small_is_refused(fitted, data):
 
 
 def test_memory_guard_refuses_before_computing(data, monkeypatch):
-    monkeypatch.setattr(hessview.hessian, "available_memory", lambda: 1_000)
+    monkeypatch.setattr(hessview.engine.hessian, "available_memory", lambda: 1_000)
     tb = make(data)
     with pytest.raises(CurvatureTooLargeError, match=r"needs about .* GB .* only .* GB of memory is free"):
         tb.fit()
@@ -229,7 +229,7 @@ def test_save_is_atomic(fitted, tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("hessview.toolbox.save_file", broken)
+    monkeypatch.setattr("hessview.engine.toolbox.save_file", broken)
     with pytest.raises(OSError, match="disk full"):
         tb.save(path)
     assert path.read_bytes() == before

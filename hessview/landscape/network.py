@@ -28,7 +28,7 @@ except ImportError:  # threadpoolctl only saves time; without it BLAS keeps its 
         return contextlib.nullcontext()
 
 
-from hessview.hessian import flat_hessian
+from hessview.engine.hessian import flat_hessian
 
 
 @contextlib.contextmanager

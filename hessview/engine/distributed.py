@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from hessview.ggn import ggn_matmat
-from hessview.hessian import default_chunks, hessian_matmat_forward, per_sample_gradients
-from hessview.losses import per_sample_loss
-from hessview.params import FlatModel
+from hessview.engine.ggn import ggn_matmat
+from hessview.engine.hessian import default_chunks, hessian_matmat_forward, per_sample_gradients
+from hessview.engine.losses import per_sample_loss
+from hessview.engine.params import FlatModel
 
 CURVATURES = ("hessian", "ggn")
 # per-sample gradients per vectorised pass: as many as fill 25 MB (at most 512). Small blocks stay in cache:

@@ -28,7 +28,7 @@ def app_notebook() -> Path:
     The repository's ``notebooks/app.ipynb`` when hessview runs from a checkout, else a copy shipped
     in the package, else a two-cell notebook written to the cache directory.
     """
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     for candidate in (package.parent / "notebooks" / APP_NOTEBOOK, package / "notebooks" / APP_NOTEBOOK):
         if candidate.is_file():
             return candidate
@@ -39,7 +39,7 @@ def app_notebook() -> Path:
     notebook = nbformat.v4.new_notebook(
         cells=[
             nbformat.v4.new_markdown_cell("# hessview explorer"),
-            nbformat.v4.new_code_cell("from hessview.widgets.app import demo_explorer\n\ndemo_explorer()"),
+            nbformat.v4.new_code_cell("from hessview.app.voila import demo_explorer\n\ndemo_explorer()"),
         ]
     )
     path = cache_dir("app") / APP_NOTEBOOK
@@ -80,7 +80,7 @@ def voila_command(notebook: Path, port: int, *, open_browser: bool) -> list[str]
 
 def build(names: list[str], *, rebuild: bool = False) -> None:
     """Build (or load, when present) the caches of the named demos, with progress bars."""
-    from hessview.demos import load_demo
+    from hessview.app.demos import load_demo
 
     for name in names:
         print(f"hessview: preparing the {name!r} demo", flush=True)

@@ -51,7 +51,7 @@ def demo_fingerprint(name: str) -> str | None:
     """SHA-256 of a built demo's cached files (names and bytes), or None when it is not built.
 
     A demo's folder (``cache_dir("demos") / name``) is complete once its ``meta.json`` exists (it is
-    written last, see :mod:`hessview.demos`); hidden files are unfinished atomic writes.
+    written last, see :mod:`hessview.app.demos`); hidden files are unfinished atomic writes.
     """
     folder = cache_dir("demos") / name
     if not (folder / "meta.json").is_file():
@@ -94,7 +94,7 @@ def _read_cached(path: Path) -> tuple[ExplorerResults, np.ndarray, dict] | None:
 
 def _compute(name: str, n_resamples: int, seed: int) -> tuple[ExplorerResults, np.ndarray, dict]:
     """Load (or build) the demo, query its toolbox once for every test point, and cache the answer."""
-    from hessview.demos import load_demo
+    from hessview.app.demos import load_demo
 
     demo = load_demo(name, progress=False)
     results = ExplorerResults.from_toolbox(

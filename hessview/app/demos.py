@@ -29,8 +29,8 @@ from torch import nn
 
 from hessview._io import atomic_path, cache_dir
 from hessview.datasets import CRITICAL_TEMPERATURE, FERMI_HUBBARD_GRIDS, fermi_hubbard_split, ising_2d
+from hessview.engine.toolbox import HessianToolbox
 from hessview.models import CNN1D_tiny_ED, IsingCNN, MinMaxScaler, train
-from hessview.toolbox import HessianToolbox
 
 #: The settings of each demo; changing one makes ``load_demo`` rebuild that demo's cache.
 DEMO_SETTINGS = {

@@ -6,10 +6,10 @@ every method, and the per-sample training gradients; queries reuse them (Dawid e
 Technol. 3, 015002 (2022)).
 
 Beyond the exact Hessian: ``curvature="ggn"`` uses the positive semi-definite Gauss-Newton matrix
-(:mod:`hessview.ggn`); ``method="lowrank"`` keeps only the top eigenpairs, found by Lanczos from
-matrix-free curvature-vector products, with the low-rank-plus-damping inverse of :mod:`hessview.lowrank`;
-``method="auto"`` chooses between the two by memory. ``client=`` runs the data-parallel work on Dask
-(:mod:`hessview.distributed`).
+(:mod:`hessview.engine.ggn`); ``method="lowrank"`` keeps only the top eigenpairs, found by Lanczos from
+matrix-free curvature-vector products, with the low-rank-plus-damping inverse of
+:mod:`hessview.engine.lowrank`; ``method="auto"`` chooses between the two by memory. ``client=`` runs the
+data-parallel work on Dask (:mod:`hessview.engine.distributed`).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.func import jacrev, vmap
 
-from hessview import _validation as check
 from hessview._io import atomic_path
-from hessview.blocks import write_row_blocks
-from hessview.cg import conjugate_gradient
-from hessview.distributed import (
+from hessview.engine import _validation as check
+from hessview.engine.blocks import write_row_blocks
+from hessview.engine.cg import conjugate_gradient
+from hessview.engine.distributed import (
     CURVATURES,
     DaskBackend,
     LocalBackend,
@@ -40,21 +40,21 @@ from hessview.distributed import (
     make_shards,
     n_workers,
 )
-from hessview.extrapolation import Extrapolation, projected_norms
-from hessview.hessian import (
+from hessview.engine.extrapolation import Extrapolation, projected_norms
+from hessview.engine.hessian import (
     CurvatureTooLargeError,
     available_memory,
     check_dense_memory,
     default_chunks,
     per_sample_gradients,
 )
-from hessview.losses import LOSSES, per_sample_loss
-from hessview.lowrank import LowRankInverse, top_eigenpairs
-from hessview.params import FlatModel
-from hessview.screening import RTOL as SCREENING_RTOL
-from hessview.screening import frobenius_estimate, saturated
-from hessview.spectrum import choose_damping, damped_inverse, default_rank, top_directions
-from hessview.uncertainty import Uncertainty, bootstrap_weights, resampled_shifts, summarise
+from hessview.engine.losses import LOSSES, per_sample_loss
+from hessview.engine.lowrank import LowRankInverse, top_eigenpairs
+from hessview.engine.params import FlatModel
+from hessview.engine.screening import RTOL as SCREENING_RTOL
+from hessview.engine.screening import frobenius_estimate, saturated
+from hessview.engine.spectrum import choose_damping, damped_inverse, default_rank, top_directions
+from hessview.engine.uncertainty import Uncertainty, bootstrap_weights, resampled_shifts, summarise
 
 FORMAT = "hessview.toolbox/1"
 STATIONARY_RATIO = 1e-3
@@ -74,29 +74,30 @@ class HessianToolbox:
         model: a ``torch.nn.Module`` mapping a batch of inputs to outputs (logits for classification).
         X_train: training inputs, first dimension indexing samples (tensor or NumPy array).
         y_train: integer class labels (``loss="cross_entropy"``) or real targets (``loss="mse"``).
-        loss: ``"cross_entropy"`` or ``"mse"`` (see :mod:`hessview.losses`).
+        loss: ``"cross_entropy"`` or ``"mse"`` (see :mod:`hessview.engine.losses`).
         weight_decay: ``w`` in the objective's ``w/2 ||theta||^2``.
-        damping: ``"auto"`` (see :func:`hessview.spectrum.choose_damping`) or a float ``delta >= 0``.
+        damping: ``"auto"`` (see :func:`hessview.engine.spectrum.choose_damping`) or a float ``delta >= 0``.
             ``n_damped_`` counts the eigenvectors along which ``delta > |lambda|`` (there the inverse is about
             ``1 / delta``); ``summary()`` says so when that is most of them.
         dtype: floating dtype of every curvature computation (float64 by default).
         progress: show progress bars during ``fit`` and long queries.
         method: ``"exact"`` forms the ``P x P`` curvature and its full eigendecomposition; ``"lowrank"``
             finds only the top-``rank`` eigenpairs by :math:`|\\lambda|` (Lanczos on matrix-free
-            curvature-vector products, see :mod:`hessview.lowrank`): then ``eigenvalues``/``eigenvectors``
-            hold those pairs only, ``lambda_min_``/``lambda_max_``/``n_negative_`` describe them, and
-            ``hessian`` raises AttributeError; ``"auto"`` picks exact when three ``P x P`` matrices fit in
-            half the free memory, low-rank otherwise (``method_`` and ``method_reason_`` say which).
+            curvature-vector products, see :mod:`~hessview.engine.lowrank`): then ``eigenvalues`` and
+            ``eigenvectors`` hold those pairs only, ``lambda_min_``/``lambda_max_``/``n_negative_`` describe
+            them, and ``hessian`` raises AttributeError; ``"auto"`` picks exact when three ``P x P``
+            matrices fit in half the free memory, low-rank otherwise (``method_`` and ``method_reason_``
+            say which).
         rank: eigenpairs kept by ``"lowrank"`` (default ``min(20, P - 1)``).
         curvature: ``"hessian"`` or ``"ggn"``, the generalised Gauss-Newton matrix
             :math:`\\frac1n\\sum_j J_j^T H^{out}_j J_j + w I` (positive semi-definite data part, see
-            :mod:`hessview.ggn`).
+            :mod:`hessview.engine.ggn`).
         client: a ``dask.distributed.Client``: per-sample gradients, curvature blocks and products summed
             over data shards, and influence blocks then run on its workers. ``None`` runs in process.
         lanczos_tol: relative accuracy of the Lanczos eigenpairs (ARPACK's ``tol``).
         screen: for ``method="exact"`` in process with cross-entropy, assemble the curvature from the
             samples with ``1 - p(label)`` above float64's unit roundoff only, and check that the others add
-            less than ``1e-12`` of it (:mod:`hessview.screening`; ``n_screened_`` and
+            less than ``1e-12`` of it (:mod:`hessview.engine.screening`; ``n_screened_`` and
             ``screening_residual_`` report it; the samples are added after all when the check fails).
             ``False`` sums over every sample.
 
@@ -354,7 +355,7 @@ class HessianToolbox:
             self.train_gradients = torch.cat(self._get_backend().map("gradients"))
 
     def _saturated(self) -> torch.Tensor:
-        """Samples whose curvature vanishes in float64 (:mod:`hessview.screening`); none unless screening."""
+        """Samples whose curvature vanishes in float64 (:mod:`~hessview.engine.screening`), if screening."""
         if not self.screen or self.loss != "cross_entropy" or self.client is not None:
             return torch.zeros(self.n_train, dtype=torch.bool, device=self.X_train.device)
         probabilities = torch.cat(
@@ -523,7 +524,7 @@ class HessianToolbox:
         """``(C + delta I)^{-1} M`` for ``M`` ``(P, k)``: ``C`` the curvature plus weight decay.
 
         ``solver="eig"`` uses the eigenpairs from ``fit`` (the low-rank inverse for ``method="lowrank"``);
-        ``solver="cg"`` runs conjugate gradients (:mod:`hessview.cg`) on matrix-free curvature-vector
+        ``solver="cg"`` runs conjugate gradients (:mod:`hessview.engine.cg`) on matrix-free curvature-vector
         products, to relative residual ``tol`` within ``maxiter`` iterations (``None``: ``10 P``), which
         is exact up to ``tol`` even when ``method="lowrank"``.
         """
@@ -641,7 +642,7 @@ class HessianToolbox:
     def uncertainty(
         self, X_test, y_test=None, *, n_resamples: int = 200, seed: int = 0, level: float = 0.95
     ) -> Uncertainty:
-        """Resampling Uncertainty Estimation (see :mod:`hessview.uncertainty`).
+        """Resampling Uncertainty Estimation (see :mod:`hessview.engine.uncertainty`).
 
         Every one of the ``n_resamples`` bootstrap models predicts every test point; ``loss_var`` uses
         ``y_test``, or the labels predicted at ``theta`` when it is None (for regression without targets
@@ -710,7 +711,7 @@ class HessianToolbox:
     def extrapolation(
         self, X_test, m: int | None = None, *, quantile: float = 0.99, prediction: str = "logits"
     ) -> Extrapolation:
-        """Local-ensemble extrapolation scores and flags (see :mod:`hessview.extrapolation`).
+        """Local-ensemble extrapolation scores and flags (see :mod:`hessview.engine.extrapolation`).
 
         Args:
             X_test: test inputs.

@@ -1,0 +1,10 @@
+"""The Hessian engine: curvature, its inverses and the queries written against them.
+
+It depends on torch, numpy, scipy, safetensors and tqdm only, never on widgets or the app
+(``pip install hessview`` installs it alone; ``hessview[widgets]``, ``hessview[app]`` add the rest).
+"""
+
+from hessview.engine.hessian import CurvatureTooLargeError
+from hessview.engine.toolbox import HessianToolbox, NotStationaryWarning
+
+__all__ = ["CurvatureTooLargeError", "HessianToolbox", "NotStationaryWarning"]

@@ -41,8 +41,20 @@ _MOVED = {
     **{
         f"hessview.{name}": f"hessview.engine.{name}"
         for name in (
-            "blocks", "cg", "distributed", "extrapolation", "ggn", "hessian", "losses", "lowrank",
-            "params", "screening", "spectrum", "toolbox", "uncertainty", "_validation",
+            "blocks",
+            "cg",
+            "distributed",
+            "extrapolation",
+            "ggn",
+            "hessian",
+            "losses",
+            "lowrank",
+            "params",
+            "screening",
+            "spectrum",
+            "toolbox",
+            "uncertainty",
+            "_validation",
         )
     },
     "hessview.demos": "hessview.app.demos",

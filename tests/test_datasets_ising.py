@@ -29,8 +29,17 @@ def exact_small_lattice(L, T):
 
 def test_matches_exact_enumeration_on_a_4x4_lattice(cache):
     T = 2.5
-    data = ising_2d([T], L=4, n_per_T=4000, n_chains=400, n_equilibration=200, n_decorrelation=5,
-                    seed=1, cache_dir=cache, progress=False)
+    data = ising_2d(
+        [T],
+        L=4,
+        n_per_T=4000,
+        n_chains=400,
+        n_equilibration=200,
+        n_decorrelation=5,
+        seed=1,
+        cache_dir=cache,
+        progress=False,
+    )
     energy, abs_m = exact_small_lattice(4, T)
     # independent chains, so the standard errors are sd/sqrt(n)
     assert abs(data.energy.mean() - energy) < 4 * data.energy.std() / np.sqrt(len(data)) + 5e-3
@@ -40,26 +49,24 @@ def test_matches_exact_enumeration_on_a_4x4_lattice(cache):
 
 @pytest.mark.parametrize("T", [1.5, 1.9])
 def test_low_temperature_matches_onsager(T, cache):
-    data = ising_2d([T], L=16, n_per_T=100, n_chains=50, n_equilibration=300, cache_dir=cache,
-                    progress=False)
-    np.testing.assert_allclose(np.abs(data.magnetisation).mean(), onsager_magnetisation(T),
-                               atol=0.01)
+    data = ising_2d([T], L=16, n_per_T=100, n_chains=50, n_equilibration=300, cache_dir=cache, progress=False)
+    np.testing.assert_allclose(np.abs(data.magnetisation).mean(), onsager_magnetisation(T), atol=0.01)
     np.testing.assert_allclose(data.energy.mean(), onsager_energy(T), atol=0.01)
     assert np.all(data.y == 1)
 
 
 def test_high_temperature_energy_matches_onsager_and_order_is_lost(cache):
     T = 4.0
-    data = ising_2d([T], L=16, n_per_T=200, n_chains=100, n_equilibration=300, cache_dir=cache,
-                    progress=False)
+    data = ising_2d(
+        [T], L=16, n_per_T=200, n_chains=100, n_equilibration=300, cache_dir=cache, progress=False
+    )
     np.testing.assert_allclose(data.energy.mean(), onsager_energy(T), atol=0.02)
     assert np.abs(data.magnetisation).mean() < 0.2
     assert np.all(data.y == 0)
 
 
 def test_both_magnetisation_signs_appear_in_the_ordered_phase(cache):
-    data = ising_2d([1.2], L=8, n_per_T=200, n_chains=20, n_equilibration=50, cache_dir=cache,
-                    progress=False)
+    data = ising_2d([1.2], L=8, n_per_T=200, n_chains=20, n_equilibration=50, cache_dir=cache, progress=False)
     assert np.all(np.abs(data.magnetisation) > 0.9)
     assert 0.35 < np.mean(data.magnetisation > 0) < 0.65
 
@@ -76,8 +83,9 @@ def test_onsager_closed_forms():
 
 def test_shapes_labels_and_seeds(cache):
     T = [1.0, CRITICAL_TEMPERATURE, 3.0]
-    kw = dict(L=6, n_per_T=6, n_chains=3, n_equilibration=10, n_decorrelation=2, cache_dir=cache,
-              progress=False)
+    kw = dict(
+        L=6, n_per_T=6, n_chains=3, n_equilibration=10, n_decorrelation=2, cache_dir=cache, progress=False
+    )
     data = ising_2d(T, seed=3, **kw)
     assert data.X.shape == (18, 6, 6) and data.X.dtype == np.float64
     assert set(np.unique(data.X)) <= {-1.0, 1.0}

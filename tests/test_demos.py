@@ -10,11 +10,26 @@ from hessview import HessianToolbox, demos
 from hessview.datasets import CRITICAL_TEMPERATURE, fermi_hubbard_split
 
 SMALL = {
-    "ising": {"version": 1, "L": 8, "train_T": [1.5, 3.5, 6], "test_T": [1.6, 3.4, 4],
-              "n_per_T_train": 6, "n_per_T_test": 2, "weight_decay": 1e-2, "epochs": 100,
-              "lbfgs_steps": 200, "seed": 0},
-    "fermi-hubbard": {"version": 1, "train_stride": 100, "weight_decay": 1e-2, "epochs": 100,
-                      "lbfgs_steps": 100, "seed": 0},
+    "ising": {
+        "version": 1,
+        "L": 8,
+        "train_T": [1.5, 3.5, 6],
+        "test_T": [1.6, 3.4, 4],
+        "n_per_T_train": 6,
+        "n_per_T_test": 2,
+        "weight_decay": 1e-2,
+        "epochs": 100,
+        "lbfgs_steps": 200,
+        "seed": 0,
+    },
+    "fermi-hubbard": {
+        "version": 1,
+        "train_stride": 100,
+        "weight_decay": 1e-2,
+        "epochs": 100,
+        "lbfgs_steps": 100,
+        "seed": 0,
+    },
 }
 
 
@@ -47,8 +62,9 @@ def test_ising_demo_builds_then_loads_without_training(small, monkeypatch):
     again = demos.load_demo("ising", progress=False)
     torch.testing.assert_close(again.toolbox.eigenvalues, demo.toolbox.eigenvalues)
     np.testing.assert_array_equal(again.X_test, demo.X_test)
-    np.testing.assert_allclose(again.toolbox.influence(again.X_test[:2]),
-                               demo.toolbox.influence(demo.X_test[:2]), rtol=1e-10)
+    np.testing.assert_allclose(
+        again.toolbox.influence(again.X_test[:2]), demo.toolbox.influence(demo.X_test[:2]), rtol=1e-10
+    )
 
 
 def test_fermi_hubbard_demo_has_the_papers_input_shape_and_test_grid(small):

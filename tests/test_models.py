@@ -145,14 +145,12 @@ def test_published_weights_classify_the_reference_validation_set(tmp_path):
     # the training grid sit at its ends (V1 = 0 and V1 = 40), so every 20th point plus the ends
     # gives the same min and max
     grid = fermi_hubbard_grid("train")
-    train_part = fermi_hubbard_chain(np.r_[grid[::20], grid[-1]], cache_dir=tmp_path,
-                                     progress=False)
+    train_part = fermi_hubbard_chain(np.r_[grid[::20], grid[-1]], cache_dir=tmp_path, progress=False)
     scaler = MinMaxScaler().fit(train_part.X)
     model = load_published_weights()
     with torch.no_grad():
         predicted = model(torch.as_tensor(scaler.transform(states))[:, None]).argmax(1).numpy()
     assert np.mean(predicted == labels) >= 0.95
-    state = torch.load(REFERENCE / "Conv1D_original_l005_12site.pt", map_location="cpu",
-                       weights_only=True)
+    state = torch.load(REFERENCE / "Conv1D_original_l005_12site.pt", map_location="cpu", weights_only=True)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, state[name].double())

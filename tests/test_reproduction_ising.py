@@ -13,16 +13,18 @@ from hessview.models import IsingCNN, train
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     cache = tmp_path_factory.mktemp("ising")
-    train_set = ising_2d(np.linspace(1.2, 3.4, 12), L=16, n_per_T=30, seed=0, cache_dir=cache,
-                         progress=False)
-    test_set = ising_2d(np.linspace(1.25, 3.35, 22), L=16, n_per_T=10, seed=1, cache_dir=cache,
-                        progress=False)
-    result = train(IsingCNN(L=16), train_set.X, train_set.y, weight_decay=1e-3, epochs=200,
-                   seed=0, progress=False)
+    train_set = ising_2d(np.linspace(1.2, 3.4, 12), L=16, n_per_T=30, seed=0, cache_dir=cache, progress=False)
+    test_set = ising_2d(
+        np.linspace(1.25, 3.35, 22), L=16, n_per_T=10, seed=1, cache_dir=cache, progress=False
+    )
+    result = train(
+        IsingCNN(L=16), train_set.X, train_set.y, weight_decay=1e-3, epochs=200, seed=0, progress=False
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a non-stationary fit would invalidate the uncertainty
-        toolbox = HessianToolbox(result.model, train_set.X, train_set.y, weight_decay=1e-3,
-                                 progress=False).fit()
+        toolbox = HessianToolbox(
+            result.model, train_set.X, train_set.y, weight_decay=1e-3, progress=False
+        ).fit()
     return toolbox, test_set
 
 

@@ -137,11 +137,21 @@ def _read(folder: Path, name: str, progress: bool) -> Demo:
     toolbox = HessianToolbox.load(folder / "toolbox.safetensors", model, progress=progress)
     with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
         arrays = {key: arrays[key] for key in arrays.files}
-    return Demo(name=name, title=meta["title"], toolbox=toolbox, model=model,
-                X_test=arrays["X_test"], y_test=arrays["y_test"], x=arrays["x"],
-                x_label=meta["x_label"], train_x=arrays["train_x"], render=meta["render"],
-                class_names=meta["class_names"], report=meta["report"],
-                scaler=MinMaxScaler.from_json(json.dumps(meta["scaler"])) if "scaler" in meta else None)
+    return Demo(
+        name=name,
+        title=meta["title"],
+        toolbox=toolbox,
+        model=model,
+        X_test=arrays["X_test"],
+        y_test=arrays["y_test"],
+        x=arrays["x"],
+        x_label=meta["x_label"],
+        train_x=arrays["train_x"],
+        render=meta["render"],
+        class_names=meta["class_names"],
+        report=meta["report"],
+        scaler=MinMaxScaler.from_json(json.dumps(meta["scaler"])) if "scaler" in meta else None,
+    )
 
 
 def _write(folder: Path, settings: dict, model, toolbox, arrays: dict, result, **meta) -> None:
@@ -154,9 +164,11 @@ def _write(folder: Path, settings: dict, model, toolbox, arrays: dict, result, *
         np.savez(handle, **arrays)
     meta["settings"] = settings
     meta["report"] = {
-        "loss": result.loss, "gradient_norm": result.gradient_norm,
+        "loss": result.loss,
+        "gradient_norm": result.gradient_norm,
         "median_sample_gradient_norm": result.median_sample_gradient_norm,
-        "train_accuracy": result.accuracy, "lbfgs_steps": result.lbfgs_steps,
+        "train_accuracy": result.accuracy,
+        "lbfgs_steps": result.lbfgs_steps,
         **meta.pop("extra_report", {}),
     }
     with atomic_path(folder / "meta.json") as tmp:
@@ -164,10 +176,17 @@ def _write(folder: Path, settings: dict, model, toolbox, arrays: dict, result, *
 
 
 def _fit(model, X, y, settings, progress):
-    result = train(model, X, y, weight_decay=settings["weight_decay"], epochs=settings["epochs"],
-                   lbfgs_steps=settings["lbfgs_steps"], seed=settings["seed"], progress=progress)
-    toolbox = HessianToolbox(model, X, y, weight_decay=settings["weight_decay"],
-                             progress=progress).fit()
+    result = train(
+        model,
+        X,
+        y,
+        weight_decay=settings["weight_decay"],
+        epochs=settings["epochs"],
+        lbfgs_steps=settings["lbfgs_steps"],
+        seed=settings["seed"],
+        progress=progress,
+    )
+    toolbox = HessianToolbox(model, X, y, weight_decay=settings["weight_decay"], progress=progress).fit()
     return result, toolbox
 
 
@@ -183,26 +202,53 @@ def _build_fermi_hubbard(folder: Path, settings: dict, progress: bool) -> None:
     arrays = {"X_test": X_test, "y_test": test_set.y, "x": test_set.V1, "train_x": train_set.V1}
     window = FERMI_HUBBARD_GRIDS[settings["split"]].split(":")[0] if "split" in settings else ""
     window = window.replace("training points with ", " (trained only on ") + ")" if window else ""
-    _write(folder, settings, model, toolbox, arrays, result,
-           title=f"Extended Fermi-Hubbard chain, L = 12: Luttinger liquid vs CDW-I{window}",
-           x_label="V1/J", render="1d", class_names=["LL", "CDW-I"],
-           scaler=json.loads(scaler.to_json()))
+    _write(
+        folder,
+        settings,
+        model,
+        toolbox,
+        arrays,
+        result,
+        title=f"Extended Fermi-Hubbard chain, L = 12: Luttinger liquid vs CDW-I{window}",
+        x_label="V1/J",
+        render="1d",
+        class_names=["LL", "CDW-I"],
+        scaler=json.loads(scaler.to_json()),
+    )
 
 
 def _build_ising(folder: Path, settings: dict, progress: bool) -> None:
     common = {"L": settings["L"], "progress": progress}
-    train_set = ising_2d(np.linspace(*settings["train_T"]), n_per_T=settings["n_per_T_train"],
-                         seed=settings["seed"], **common)
-    test_set = ising_2d(np.linspace(*settings["test_T"]), n_per_T=settings["n_per_T_test"],
-                        seed=settings["seed"] + 1, **common)
+    train_set = ising_2d(
+        np.linspace(*settings["train_T"]), n_per_T=settings["n_per_T_train"], seed=settings["seed"], **common
+    )
+    test_set = ising_2d(
+        np.linspace(*settings["test_T"]),
+        n_per_T=settings["n_per_T_test"],
+        seed=settings["seed"] + 1,
+        **common,
+    )
     model = IsingCNN(L=settings["L"])
     result, toolbox = _fit(model, train_set.X, train_set.y, settings, progress)
-    arrays = {"X_test": test_set.X, "y_test": test_set.y, "x": test_set.temperature,
-              "train_x": train_set.temperature}
-    _write(folder, settings, model, toolbox, arrays, result,
-           title=f"2D Ising model, {settings['L']}x{settings['L']}: ordered vs disordered",
-           x_label="T", render="2d", class_names=["disordered", "ordered"],
-           extra_report={"critical_temperature": CRITICAL_TEMPERATURE})
+    arrays = {
+        "X_test": test_set.X,
+        "y_test": test_set.y,
+        "x": test_set.temperature,
+        "train_x": train_set.temperature,
+    }
+    _write(
+        folder,
+        settings,
+        model,
+        toolbox,
+        arrays,
+        result,
+        title=f"2D Ising model, {settings['L']}x{settings['L']}: ordered vs disordered",
+        x_label="T",
+        render="2d",
+        class_names=["disordered", "ordered"],
+        extra_report={"critical_temperature": CRITICAL_TEMPERATURE},
+    )
 
 
 _BUILDERS = {

@@ -70,9 +70,14 @@ class FermiHubbardData:
     def subset(self, keep: np.ndarray) -> FermiHubbardData:
         """Return the samples selected by a boolean mask or an index array."""
         return FermiHubbardData(
-            X=self.X[keep], y=self.y[keep], V1=self.V1[keep], V2=self.V2[keep],
-            density=self.density[keep], order_parameter=self.order_parameter[keep],
-            energy=self.energy[keep], x_label=self.x_label,
+            X=self.X[keep],
+            y=self.y[keep],
+            V1=self.V1[keep],
+            V2=self.V2[keep],
+            density=self.density[keep],
+            order_parameter=self.order_parameter[keep],
+            energy=self.energy[keep],
+            x_label=self.x_label,
         )
 
 
@@ -218,8 +223,15 @@ def _diagonalise(V1, V2, L, N, h1, progress) -> dict[str, np.ndarray]:
     density = (X**2) @ chain.occ
     order = order_parameter(density)
     y = (order > max(10 * abs(h1), ROUND_OFF)).astype(np.int64)
-    return {"X": X, "y": y, "V1": V1, "V2": V2, "density": density,
-            "order_parameter": order, "energy": energy}
+    return {
+        "X": X,
+        "y": y,
+        "V1": V1,
+        "V2": V2,
+        "density": density,
+        "order_parameter": order,
+        "energy": energy,
+    }
 
 
 def _training_grid() -> np.ndarray:

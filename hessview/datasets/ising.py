@@ -51,8 +51,11 @@ class IsingData:
     def subset(self, keep: np.ndarray) -> IsingData:
         """Return the samples selected by a boolean mask or an index array."""
         return IsingData(
-            X=self.X[keep], y=self.y[keep], temperature=self.temperature[keep],
-            magnetisation=self.magnetisation[keep], energy=self.energy[keep],
+            X=self.X[keep],
+            y=self.y[keep],
+            temperature=self.temperature[keep],
+            magnetisation=self.magnetisation[keep],
+            energy=self.energy[keep],
         )
 
 
@@ -89,8 +92,13 @@ def onsager_energy(T) -> np.ndarray:
 
 
 def _check_arguments(temperatures, L, n_per_T, n_chains, n_equilibration, n_decorrelation):
-    for name, value in (("L", L), ("n_per_T", n_per_T), ("n_chains", n_chains),
-                        ("n_equilibration", n_equilibration), ("n_decorrelation", n_decorrelation)):
+    for name, value in (
+        ("L", L),
+        ("n_per_T", n_per_T),
+        ("n_chains", n_chains),
+        ("n_equilibration", n_equilibration),
+        ("n_decorrelation", n_decorrelation),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if L < 2 or L % 2:
@@ -131,14 +139,28 @@ def ising_2d(
     ((8, 4, 4), [1, 1, 1, 1, 0, 0, 0, 0])
     """
     T = _check_arguments(temperatures, L, n_per_T, n_chains, n_equilibration, n_decorrelation)
-    arguments = {"T": T, "L": int(L), "n_per_T": int(n_per_T), "seed": int(seed),
-                 "n_chains": int(n_chains), "n_equilibration": int(n_equilibration),
-                 "n_decorrelation": int(n_decorrelation)}
+    arguments = {
+        "T": T,
+        "L": int(L),
+        "n_per_T": int(n_per_T),
+        "seed": int(seed),
+        "n_chains": int(n_chains),
+        "n_equilibration": int(n_equilibration),
+        "n_decorrelation": int(n_decorrelation),
+    }
     path = resolve_cache_path("ising_2d", arguments, cache_dir)
     arrays = load_arrays(path)
     if arrays is None:
-        arrays = _simulate(T, int(L), int(n_per_T), int(seed), min(int(n_chains), int(n_per_T)),
-                           int(n_equilibration), int(n_decorrelation), progress)
+        arrays = _simulate(
+            T,
+            int(L),
+            int(n_per_T),
+            int(seed),
+            min(int(n_chains), int(n_per_T)),
+            int(n_equilibration),
+            int(n_decorrelation),
+            progress,
+        )
         save_arrays(path, arrays)
     return IsingData(**arrays)
 
@@ -146,8 +168,9 @@ def ising_2d(
 def _sweep(spins: np.ndarray, beta: np.ndarray, sublattices, rng) -> None:
     """One checkerboard Metropolis sweep in place; ``spins`` is ``(n_T, chains, L, L)``."""
     for sublattice in sublattices:
-        field = (np.roll(spins, 1, -1) + np.roll(spins, -1, -1)
-                 + np.roll(spins, 1, -2) + np.roll(spins, -1, -2))
+        field = (
+            np.roll(spins, 1, -1) + np.roll(spins, -1, -1) + np.roll(spins, 1, -2) + np.roll(spins, -1, -2)
+        )
         accept = rng.random(spins.shape, dtype=np.float32) < np.exp(-2.0 * beta * spins * field)
         spins[accept & sublattice] *= -1
 
@@ -173,6 +196,10 @@ def _simulate(T, L, n_per_T, seed, n_chains, n_equilibration, n_decorrelation, p
     X = (configs * signs[:, :, None, None]).reshape(-1, L, L).astype(np.float64)
     temperature = np.repeat(T, n_per_T)
     bonds = X * (np.roll(X, -1, axis=-1) + np.roll(X, -1, axis=-2))
-    return {"X": X, "y": (temperature < CRITICAL_TEMPERATURE).astype(np.int64),
-            "temperature": temperature, "magnetisation": X.mean(axis=(1, 2)),
-            "energy": -bonds.mean(axis=(1, 2))}
+    return {
+        "X": X,
+        "y": (temperature < CRITICAL_TEMPERATURE).astype(np.int64),
+        "temperature": temperature,
+        "magnetisation": X.mean(axis=(1, 2)),
+        "energy": -bonds.mean(axis=(1, 2)),
+    }

@@ -44,11 +44,9 @@ class CNN1D_tiny_ED(nn.Module):  # noqa: N801 (the paper's name)
 
     def __init__(self, num_classes: int = 2):
         super().__init__()
-        self.layer1 = nn.Sequential(Conv1dIm2col(1, 5, kernel_size=15, padding=1), nn.MaxPool1d(4),
-                                    nn.ReLU())
+        self.layer1 = nn.Sequential(Conv1dIm2col(1, 5, kernel_size=15, padding=1), nn.MaxPool1d(4), nn.ReLU())
         self.layer2 = nn.Sequential(nn.Conv1d(5, 8, kernel_size=5), nn.MaxPool1d(4), nn.ReLU())
-        self.layer3 = nn.Sequential(nn.Conv1d(8, 10, kernel_size=2, padding=1), nn.AvgPool1d(4),
-                                    nn.ReLU())
+        self.layer3 = nn.Sequential(nn.Conv1d(8, 10, kernel_size=2, padding=1), nn.AvgPool1d(4), nn.ReLU())
         self.dropout = nn.Dropout(0.5)
         self.fc1 = nn.Linear(140, num_classes)
 

@@ -53,8 +53,14 @@ class MinMaxScaler:
         """Return the fitted scaler as a JSON string (see :meth:`from_json`)."""
         if not hasattr(self, "min_"):
             raise ValueError("MinMaxScaler is not fitted: call fit(X_train) first")
-        return json.dumps({"per_feature": self.per_feature, "shape": list(self.min_.shape),
-                           "min": self.min_.ravel().tolist(), "scale": self.scale_.ravel().tolist()})
+        return json.dumps(
+            {
+                "per_feature": self.per_feature,
+                "shape": list(self.min_.shape),
+                "min": self.min_.ravel().tolist(),
+                "scale": self.scale_.ravel().tolist(),
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> MinMaxScaler:

@@ -64,8 +64,9 @@ def _as_tensors(X, y) -> tuple[torch.Tensor, torch.Tensor]:
         y = y.long()
     y = y.to(torch.int64)
     if y.ndim != 1 or len(X) != len(y) or len(y) == 0:
-        raise ValueError(f"X and y must have the same non-zero length, got {tuple(X.shape)}, "
-                         f"{tuple(y.shape)}")
+        raise ValueError(
+            f"X and y must have the same non-zero length, got {tuple(X.shape)}, {tuple(y.shape)}"
+        )
     if not torch.isfinite(X).all():
         raise ValueError("X must be finite")
     if (y < 0).any():
@@ -126,9 +127,18 @@ def _polish(model, params, X, y, weight_decay, max_steps, tolerance, losses, bar
 
     start = parameters_to_vector(params).detach().numpy().copy()
     result = minimize(
-        value_and_gradient, start, jac=True, method="L-BFGS-B", callback=record,
-        options={"maxiter": max_steps, "maxcor": 50, "ftol": 0.0,
-                 "gtol": tolerance / np.sqrt(start.size), "maxls": 50},
+        value_and_gradient,
+        start,
+        jac=True,
+        method="L-BFGS-B",
+        callback=record,
+        options={
+            "maxiter": max_steps,
+            "maxcor": 50,
+            "ftol": 0.0,
+            "gtol": tolerance / np.sqrt(start.size),
+            "maxls": 50,
+        },
     )
     vector_to_parameters(torch.from_numpy(result.x), params)
     return int(result.nit)
@@ -203,7 +213,12 @@ def train(
     with torch.no_grad():
         accuracy = float((model(X).argmax(dim=1) == y).double().mean())
     return TrainResult(
-        model=model, loss=loss, gradient_norm=norm,
+        model=model,
+        loss=loss,
+        gradient_norm=norm,
         median_sample_gradient_norm=float(np.median(sample_gradient_norms(model, X, y))),
-        accuracy=accuracy, adam_steps=epochs, lbfgs_steps=steps, losses=np.asarray(losses),
+        accuracy=accuracy,
+        adam_steps=epochs,
+        lbfgs_steps=steps,
+        losses=np.asarray(losses),
     )

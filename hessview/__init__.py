@@ -15,9 +15,12 @@ import importlib.util
 import sys
 
 __all__ = [
+    "ApproximationWarning",
     "CurvatureTooLargeError",
+    "DampingWarning",
     "Explorer",
     "HessianToolbox",
+    "HessviewWarning",
     "Landscape",
     "LandscapeExplorer",
     "NotStationaryWarning",
@@ -27,7 +30,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "CurvatureTooLargeError": "hessview.engine.hessian",
     "HessianToolbox": "hessview.engine.toolbox",
-    "NotStationaryWarning": "hessview.engine.toolbox",
+    "NotStationaryWarning": "hessview.engine.errors",
+    "HessviewWarning": "hessview.engine.errors",
+    "DampingWarning": "hessview.engine.errors",
+    "ApproximationWarning": "hessview.engine.errors",
     "Explorer": "hessview.widgets",
     "LandscapeExplorer": "hessview.widgets.landscape_explorer",
     "Landscape": "hessview.landscape",

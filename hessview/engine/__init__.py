@@ -4,7 +4,19 @@ It depends on torch, numpy, scipy, safetensors and tqdm only, never on widgets o
 (``pip install hessview`` installs it alone; ``hessview[widgets]``, ``hessview[app]`` add the rest).
 """
 
+from hessview.engine.errors import ApproximationWarning, DampingWarning, HessviewWarning, NotStationaryWarning
 from hessview.engine.hessian import CurvatureTooLargeError
-from hessview.engine.toolbox import HessianToolbox, NotStationaryWarning
+from hessview.engine.losses import CrossEntropy, Loss, SquaredError
+from hessview.engine.toolbox import HessianToolbox
 
-__all__ = ["CurvatureTooLargeError", "HessianToolbox", "NotStationaryWarning"]
+__all__ = [
+    "ApproximationWarning",
+    "CrossEntropy",
+    "CurvatureTooLargeError",
+    "DampingWarning",
+    "HessianToolbox",
+    "HessviewWarning",
+    "Loss",
+    "NotStationaryWarning",
+    "SquaredError",
+]

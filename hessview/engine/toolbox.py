@@ -40,6 +40,7 @@ from hessview.engine.distributed import (
     make_shards,
     n_workers,
 )
+from hessview.engine.errors import NotStationaryWarning
 from hessview.engine.extrapolation import Extrapolation, projected_norms
 from hessview.engine.hessian import (
     CurvatureTooLargeError,
@@ -61,10 +62,6 @@ STATIONARY_RATIO = 1e-3
 METHODS = ("exact", "lowrank", "auto")
 SOLVERS = ("eig", "cg")
 DEFAULT_RANK = 20
-
-
-class NotStationaryWarning(UserWarning):
-    """The parameters are not a stationary point of the objective: influence and RUE assume one."""
 
 
 class HessianToolbox:

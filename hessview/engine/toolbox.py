@@ -42,6 +42,7 @@ from hessview.engine.distributed import (
 )
 from hessview.engine.errors import NotStationaryWarning
 from hessview.engine.extrapolation import Extrapolation, projected_norms
+from hessview.engine.groundtruth import GroundTruthMixin
 from hessview.engine.hessian import (
     CurvatureTooLargeError,
     available_memory,
@@ -64,7 +65,7 @@ SOLVERS = ("eig", "cg")
 DEFAULT_RANK = 20
 
 
-class HessianToolbox:
+class HessianToolbox(GroundTruthMixin):
     """Influence functions, RelatIF, RUE uncertainty and local-ensemble extrapolation from one Hessian.
 
     Args:

@@ -82,7 +82,7 @@ def test_free_fermion_energy_at_zero_interaction(L, N, cache):
     # hard-core bosons on a ring = free fermions with boundary phase (-1)^(N-1)
     shift = 0.5 if N % 2 == 0 else 0.0
     levels = np.sort(-np.cos(2 * np.pi * (np.arange(L) + shift) / L))
-    data = fermi_hubbard_chain(0.0, L=L, N=N, h1=0.0, cache_dir=cache, progress=False)
+    data = fermi_hubbard_chain(0.0, L=L, N=N, h1=1e-11, cache_dir=cache, progress=False)  # smallest field
     np.testing.assert_allclose(data.energy[0], levels[:N].sum(), atol=1e-10)
     np.testing.assert_allclose(data.density[0], N / L, atol=1e-10)
     assert data.y[0] == 0
@@ -184,11 +184,42 @@ def test_training_window_split_is_cut_from_the_training_set(cache, monkeypatch):
         ({"V1": [[0.1, 0.2]]}, ValueError, "1-D"),
         ({"V1": []}, ValueError, "non-empty"),
         ({"V1": [0.1], "h1": np.nan}, ValueError, "h1 must be finite"),
+        ({"V1": [0.1], "h1": "1e-7"}, TypeError, "h1 must be a number"),
+        ({"V1": [0.1], "h1": 0.0}, ValueError, "every\\s+CDW state would be labelled LL"),
+        ({"V1": [0.1], "h1": -1e-12}, ValueError, r"\|h1\| >= 1e-11"),
     ],
 )
 def test_bad_arguments_raise(kwargs, error, message, cache):
     with pytest.raises(error, match=message):
         fermi_hubbard_chain(cache_dir=cache, progress=False, **kwargs)
+
+
+def test_without_a_field_every_cdw_state_would_be_labelled_ll(cache):
+    # Why h1 = 0 is refused, from plain dense diagonalisation: deep in the CDW phase the unique ground
+    # state of the unbroken ring has a uniform density, so the order parameter (and the label) vanish.
+    L, N = 8, 4
+    _, vectors = np.linalg.eigh(brute_force_hamiltonian(L, N, 40.0, 0.0, 0.0))
+    occupation = np.array([[(s >> (L - 1 - i)) & 1 for i in range(L)] for s in range(2**L - 1, -1, -1)])
+    occupation = occupation[occupation.sum(axis=1) == N]
+    density = vectors[:, 0] ** 2 @ occupation
+    np.testing.assert_allclose(density, N / L, atol=1e-12)
+    with pytest.raises(ValueError, match="labelled LL"):
+        fermi_hubbard_chain(40.0, L=L, N=N, h1=0.0, cache_dir=cache, progress=False)
+    # with the paper's field the same point is an ordered CDW
+    assert fermi_hubbard_chain(40.0, L=L, N=N, cache_dir=cache, progress=False).y.tolist() == [1]
+
+
+def test_labels_do_not_depend_on_the_field_down_to_the_smallest_allowed(cache):
+    # order ~ chi h1 in linear response, so "order > 10 |h1|" is "chi > 10" for any allowed h1;
+    # the grid crosses the L = 8 transition
+    V1 = np.concatenate([np.linspace(0.8, 1.2, 9), [2.0, 40.0]])
+    labels = [
+        fermi_hubbard_chain(V1, L=8, N=4, h1=h1, cache_dir=cache, progress=False).y
+        for h1 in (1e-5, 1e-7, -1e-9, 1e-11)
+    ]
+    assert 0 < labels[0].sum() < len(V1)
+    for other in labels[1:]:
+        np.testing.assert_array_equal(other, labels[0])
 
 
 @pytest.mark.parametrize("name, error", [("training", ValueError), (3, TypeError)])

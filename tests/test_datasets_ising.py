@@ -100,6 +100,13 @@ def test_shapes_labels_and_seeds(cache):
     assert len(list(cache.glob("ising_2d-*.npz"))) == 2
 
 
+def test_numpy_integer_seeds_are_the_same_seed(cache):
+    kw = dict(L=4, n_per_T=4, n_chains=2, n_equilibration=5, cache_dir=cache, progress=False)
+    plain = ising_2d([2.0], seed=7, **kw)
+    for seed in (np.int64(7), np.uint8(7), np.int32(7)):
+        np.testing.assert_array_equal(ising_2d([2.0], seed=seed, **kw).X, plain.X)
+
+
 def test_cache_round_trip_does_not_simulate_again(cache, monkeypatch):
     kw = dict(L=4, n_per_T=4, n_chains=2, n_equilibration=5, cache_dir=cache, progress=False)
     first = ising_2d([2.0], **kw)
@@ -123,6 +130,12 @@ def test_cache_round_trip_does_not_simulate_again(cache, monkeypatch):
         ({"temperatures": [np.nan]}, ValueError, "finite"),
         ({"temperatures": []}, ValueError, "non-empty"),
         ({"temperatures": [[1.0, 2.0]]}, ValueError, "1-D"),
+        ({"temperatures": [1.0], "seed": 1.5}, TypeError, "seed must be an integer"),
+        ({"temperatures": [1.0], "seed": 1.0}, TypeError, "seed must be an integer"),
+        ({"temperatures": [1.0], "seed": "1"}, TypeError, "seed must be an integer"),
+        ({"temperatures": [1.0], "seed": True}, TypeError, "seed must be an integer"),
+        ({"temperatures": [1.0], "seed": None}, TypeError, "seed must be an integer"),
+        ({"temperatures": [1.0], "seed": -1}, ValueError, "non-negative"),
     ],
 )
 def test_bad_arguments_raise(kwargs, error, message, cache):

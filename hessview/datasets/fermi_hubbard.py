@@ -14,9 +14,16 @@ Every hopping matrix element is ``-J/2`` (no fermionic sign across the boundary,
 stoquastic), so the ground state has non-negative amplitudes.  For even ``N`` this is the free-fermion
 chain with antiperiodic boundary conditions.  Basis: the ``C(L, N)`` integers with ``N`` of ``L`` bits
 set, in descending order; site ``i`` is bit ``L - 1 - i``.  The label is 1 (CDW) when the order
-parameter :math:`\frac1L\sum_i |\langle n_i\rangle - \langle n_{i+1}\rangle|` exceeds ``10 |h1|`` (and
-round-off, ``1e-10``), else 0
+parameter :math:`\frac1L\sum_i |\langle n_i\rangle - \langle n_{i+1}\rangle|` exceeds ``10 |h1|``, else 0
 (Luttinger liquid).  At ``L = 12`` the LL -> CDW-I transition is at ``V1/J = 1``.
+
+The field ``h1`` must not vanish: without it the two CDW patterns are degenerate, the ground state of
+the finite ring is unique (Perron-Frobenius) and therefore translation invariant, so
+:math:`\langle n_i\rangle = N/L` on every site, the order parameter is zero and every CDW state
+would be labelled LL.  In linear response the order parameter is :math:`\chi h_1`, so the rule
+"order > 10 |h1|" reads :math:`\chi > 10` and the labels do not depend on ``h1`` as long as
+``10 |h1|`` stays above the round-off of the order parameter (``1e-10``): ``|h1| >= 1e-11`` is
+required (the paper uses ``1e-7``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from tqdm.auto import tqdm
 from hessview.datasets._cache import load_arrays, resolve_cache_path, save_arrays
 
 HOPPING = -0.5  # every hopping matrix element, -J/2 with J = 1
-ROUND_OFF = 1e-10  # the label threshold never drops below this, so h1 = 0 still gives LL labels
+ROUND_OFF = 1e-10  # round-off of the order parameter; the label threshold 10 |h1| must exceed it
+MIN_FIELD = 1e-11  # = ROUND_OFF / 10, smallest |h1| whose threshold 10 |h1| stays above round-off
 
 
 @dataclass(frozen=True)
@@ -160,8 +168,17 @@ def _check_arguments(V1, V2, L, N, h1) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"L must be between 3 and 24 sites, got {L}")
     if not 0 < N < L:
         raise ValueError(f"N must satisfy 0 < N < L = {L}, got {N}")
+    if isinstance(h1, bool) or not isinstance(h1, (int, float, np.integer, np.floating)):
+        raise TypeError(f"h1 must be a number, got {type(h1).__name__}")
     if not np.isfinite(h1):
         raise ValueError(f"h1 must be finite, got {h1}")
+    if abs(h1) < MIN_FIELD:
+        raise ValueError(
+            f"h1 = {h1!r} is too small to label the states: the CDW label needs a symmetry-breaking field "
+            f"with |h1| >= {MIN_FIELD:g}. Without it the two CDW patterns are degenerate, the ground state "
+            "of the finite ring is their translation-invariant superposition with <n_i> = N/L, and every "
+            "CDW state would be labelled LL; use a small field such as the paper's h1 = 1e-7"
+        )
     V1 = np.atleast_1d(np.asarray(V1, dtype=np.float64))
     if V1.ndim != 1 or V1.size == 0:
         raise ValueError(f"V1 must be a number or a non-empty 1-D array, got shape {V1.shape}")
@@ -192,7 +209,8 @@ def fermi_hubbard_chain(
         V2: next-nearest-neighbour interaction, a number or an array like ``V1``.
         L: number of sites (ring).
         N: number of fermions.
-        h1: staggered symmetry-breaking field; the label threshold is ``10 h1``.
+        h1: staggered symmetry-breaking field, ``|h1| >= 1e-11`` (see the module docstring); the
+            label threshold is ``10 |h1|``.
         cache_dir: folder for the ``.npz`` cache.
         progress: show a tqdm progress bar while diagonalising.
 
@@ -222,7 +240,7 @@ def _diagonalise(V1, V2, L, N, h1, progress) -> dict[str, np.ndarray]:
         energy[k], X[k] = chain.ground_state(V1[k], V2[k], h1)
     density = (X**2) @ chain.occ
     order = order_parameter(density)
-    y = (order > max(10 * abs(h1), ROUND_OFF)).astype(np.int64)
+    y = (order > 10 * abs(h1)).astype(np.int64)
     return {
         "X": X,
         "y": y,

@@ -91,9 +91,10 @@ def onsager_energy(T) -> np.ndarray:
     return -(1.0 + (2.0 / np.pi) * term) / np.tanh(2 * beta)
 
 
-def _check_arguments(temperatures, L, n_per_T, n_chains, n_equilibration, n_decorrelation):
+def _check_arguments(temperatures, L, n_per_T, seed, n_chains, n_equilibration, n_decorrelation):
     for name, value in (
         ("L", L),
+        ("seed", seed),
         ("n_per_T", n_per_T),
         ("n_chains", n_chains),
         ("n_equilibration", n_equilibration),
@@ -103,6 +104,8 @@ def _check_arguments(temperatures, L, n_per_T, n_chains, n_equilibration, n_deco
             raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
     if L < 2 or L % 2:
         raise ValueError(f"L must be even and >= 2 for the checkerboard update, got {L}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (as numpy's generators need), got {seed}")
     if n_per_T < 1 or n_chains < 1 or n_decorrelation < 1 or n_equilibration < 0:
         raise ValueError("n_per_T, n_chains and n_decorrelation must be >= 1, n_equilibration >= 0")
     T = np.atleast_1d(np.asarray(temperatures, dtype=np.float64))
@@ -138,7 +141,7 @@ def ising_2d(
     >>> data.X.shape, data.y.tolist()
     ((8, 4, 4), [1, 1, 1, 1, 0, 0, 0, 0])
     """
-    T = _check_arguments(temperatures, L, n_per_T, n_chains, n_equilibration, n_decorrelation)
+    T = _check_arguments(temperatures, L, n_per_T, seed, n_chains, n_equilibration, n_decorrelation)
     arguments = {
         "T": T,
         "L": int(L),

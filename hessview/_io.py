@@ -8,6 +8,22 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, "CSV injection").
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text: str) -> str:
+    """Return ``text`` as a CSV cell that no spreadsheet evaluates: a leading formula character is quoted.
+
+    A cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a single quote in
+    front (OWASP's advice against CSV injection); other text is returned unchanged. Apply it to text
+    cells only, never to numbers (``-0.5`` must stay a number).
+
+    >>> print(csv_safe("=1+1"), csv_safe("-x"), csv_safe("LL"))
+    '=1+1 '-x LL
+    """
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
 
 def cache_dir(subdir: str | None = None) -> Path:
     """Return hessview's cache directory, creating it.

@@ -18,7 +18,7 @@ import ipywidgets as widgets
 import numpy as np
 import traitlets
 
-from hessview._io import atomic_path
+from hessview._io import atomic_path, csv_safe
 from hessview.widgets.panels import DetailView, GalleryView, label_text
 from hessview.widgets.plots import InfluenceView, MainView, SpectrumView
 from hessview.widgets.renderers import make_renderer
@@ -38,6 +38,15 @@ CSV_COLUMNS = (
     "relatif",
 )
 MAX_K = 10
+
+
+def _csv_cell(value):
+    """A float as its ``repr``; text neutralised against formulas, a lone ``\r`` made ``\n`` (then quoted)."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return csv_safe(value).replace("\r\n", "\n").replace("\r", "\n")
+    return value
 
 
 class Explorer(widgets.AppLayout):
@@ -149,7 +158,11 @@ class Explorer(widgets.AppLayout):
 
         super().__init__(
             header=widgets.VBox(
-                [widgets.HTML(f"<h3 style='margin:4px 0'>{title or 'hessview'}</h3>"), controls, self.status]
+                [
+                    widgets.HTML(f"<h3 style='margin:4px 0'>{html.escape(str(title or 'hessview'))}</h3>"),
+                    controls,
+                    self.status,
+                ]
             ),
             center=widgets.VBox([self.main.widget, self.influence.widget]),
             right_sidebar=widgets.VBox([self.detail.widget, self.spectrum.widget]),
@@ -329,13 +342,16 @@ class Explorer(widgets.AppLayout):
         """Return the selected point's top-k table as CSV text; also write it to ``path`` if given.
 
         Columns: test_index, role (helpful/harmful), rank, train_index, train_x, train_label,
-        influence, relatif (full precision, ``repr`` of the float).
+        influence, relatif (full precision, ``repr`` of the float). Text cells that a spreadsheet would
+        read as a formula (a class name starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+        return) get a leading single quote (:func:`hessview._io.csv_safe`), and their line breaks are
+        written as ``\n`` inside a quoted cell; numbers are written as they are.
         """
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in self.top_k_rows():
-            writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+            writer.writerow({key: _csv_cell(value) for key, value in row.items()})
         text = buffer.getvalue()
         if path is not None:
             with atomic_path(path) as tmp:

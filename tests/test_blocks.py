@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+import hessview.engine.queries
 import hessview.engine.toolbox
 from hessview import HessianToolbox
 
@@ -49,15 +50,15 @@ def test_a_failed_write_leaves_the_old_file(data, tmp_path, monkeypatch):
     tb.influence_to_disk(data[0][:6], path, block_size=3)
     before = path.read_bytes()
     calls = []
-    original = HessianToolbox._influence_rows
+    original = hessview.engine.queries.influence_scores
 
-    def failing(self, *args):
+    def failing(*args):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("worker lost")
-        return original(self, *args)
+        return original(*args)
 
-    monkeypatch.setattr(HessianToolbox, "_influence_rows", failing)
+    monkeypatch.setattr(hessview.engine.queries, "influence_scores", failing)
     with pytest.raises(RuntimeError, match="worker lost"):
         tb.influence_to_disk(data[0][:6] + 1.0, path, block_size=3)
     assert path.read_bytes() == before

@@ -119,9 +119,9 @@ def test_bad_queries_are_refused(fitted, data):
 
 def test_not_stationary_warning_names_the_numbers(data):
     torch.manual_seed(0)
-    with pytest.warns(NotStationaryWarning, match=r"gradient norm \S+ vs median per-sample gradient norm"):
+    with pytest.warns(NotStationaryWarning, match=r"one Newton step would move it by \S+, \S+ times"):
         tb = make(data, model=nn.Linear(3, 2)).fit()
-    assert not tb.is_stationary_ and "stationary: NO" in tb.summary()
+    assert not tb.is_stationary_ and "stationary          NO" in tb.summary()
 
 
 def test_trained_model_fits_silently_and_reports(fitted):
@@ -145,7 +145,8 @@ def test_auto_damping_makes_a_saddle_positive_definite(data):
     lam = torch.linalg.eigvalsh(tb.hessian)
     assert tb.n_negative_ == int((lam < -1e-12).sum()) > 0
     shifted = lam + tb.damping_
-    assert float(shifted.min()) == pytest.approx(1e-3 * float(lam.abs().max()))
+    # the automatic damping is 2 |lambda_min|: the smallest damped eigenvalue is |lambda_min|
+    assert float(shifted.min()) == pytest.approx(abs(float(lam[0])))
     assert "delta" in tb.damping_reason_
     assert tb.eigenvalues.min() < 0  # the raw spectrum stays inspectable
 
@@ -215,7 +216,7 @@ def test_load_never_unpickles(fitted, tmp_path):
     model, _ = fitted
     path = tmp_path / "evil.safetensors"
     torch.save({"hessian": torch.eye(2)}, path)  # a pickle-based file
-    with pytest.raises(ValueError, match="not a readable hessview toolbox cache"):
+    with pytest.raises(ValueError, match="not a readable hessview toolbox"):
         HessianToolbox.load(path, model)
 
 

@@ -101,6 +101,6 @@ def test_extrapolation_score_is_the_projected_gradient_norm(recwarn):
         J = torch.autograd.functional.jacobian(lambda t, x=x: tb.flat(t, x[None])[0], tb.theta)
         J = J - J.mean(dim=0)  # centred logits
         expected.append(float((J @ P).norm()))
-    result = tb.extrapolation(X[:5], m=4)
+    result = tb.extrapolation(X[:5], m=4, prediction="logits")
     np.testing.assert_allclose(result.score, expected, rtol=1e-8)
     assert result.threshold == pytest.approx(np.quantile(result.train_score, 0.99))

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from hessview.engine.errors import ApproximationWarning
 
-class ConjugateGradientWarning(UserWarning):
+
+class ConjugateGradientWarning(ApproximationWarning):
     """Conjugate gradients stopped at ``maxiter`` before reaching the tolerance."""
 
 
@@ -37,9 +39,12 @@ def conjugate_gradient(
     tol: float = 1e-6,
     maxiter: int | None = None,
     progress: bool = False,
+    preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> CGResult:
     """Solve ``A X = B`` for symmetric positive definite ``A`` given by ``matmat`` (``(P, k) -> (P, k)``).
 
+    ``preconditioner``, when given, applies an approximation of :math:`A^{-1}` (symmetric positive
+    definite) to residuals: preconditioned CG (Golub & Van Loan, Matrix Computations, Alg. 11.5.1).
     ``maxiter=None`` allows ``10 P`` iterations like :func:`scipy.sparse.linalg.cg`; warns with
     :class:`ConjugateGradientWarning` if some column has not converged by then.
 
@@ -56,10 +61,13 @@ def conjugate_gradient(
         maxiter = 10 * B.shape[0]
     if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 1:
         raise ValueError(f"maxiter must be a positive integer or None, not {maxiter!r}")
+    precondition = (lambda R: R) if preconditioner is None else preconditioner
     X = torch.zeros_like(B)
     R = B.clone()
-    D = R.clone()
+    Z = precondition(R)
+    D = Z.clone()
     squared = (R * R).sum(dim=0)
+    rz = (R * Z).sum(dim=0)
     target = (tol * B.norm(dim=0)) ** 2
     iterations = 0
     with tqdm(total=maxiter, desc="CG", disable=not progress, leave=False) as bar:
@@ -75,12 +83,14 @@ def conjugate_gradient(
                     "the curvature plus damping is not positive definite along a CG direction "
                     f"(d^T A d = {float(curvature.min()):.3g}); use damping='auto' or a larger damping"
                 )
-            alpha = squared[active] / curvature
+            alpha = rz[active] / curvature
             X[:, active] += alpha * Da
             R[:, active] -= alpha * AD
-            new = (R[:, active] ** 2).sum(dim=0)
-            D[:, active] = R[:, active] + (new / squared[active]) * Da
-            squared[active] = new
+            Za = precondition(R[:, active])
+            new = (R[:, active] * Za).sum(dim=0)
+            D[:, active] = Za + (new / rz[active]) * Da
+            rz[active] = new
+            squared[active] = (R[:, active] ** 2).sum(dim=0)
             iterations += 1
             bar.update(1)
     norms = B.norm(dim=0).clamp_min(torch.finfo(B.dtype).tiny)

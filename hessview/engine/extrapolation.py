@@ -8,7 +8,9 @@ out,
 .. math:: s(x) = \\lVert (I - U_m U_m^T) \\nabla_\\theta f(x) \\rVert,
 
 (a Frobenius norm over the outputs for several outputs). The flag threshold is a quantile of the same
-score over the training inputs.
+score over held-out in-distribution inputs (split-conformal: Vovk, Gammerman & Shafer 2005; Angelopoulos &
+Bates 2023), or, without them, over the training inputs (optimistic: the training data pinned down the
+directions the score measures).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class Extrapolation:
         flag: ``score > threshold``.
         m: number of curvature directions projected out.
         quantile: the calibration quantile.
-        train_score: the training inputs' scores used for calibration.
+        train_score: the training inputs' scores.
+        calibration: how the threshold was set (training quantile, or split-conformal on held-out inputs).
     """
 
     score: np.ndarray
@@ -38,6 +41,7 @@ class Extrapolation:
     m: int
     quantile: float
     train_score: np.ndarray
+    calibration: str = "training quantile"
 
 
 def projected_norms(jacobians: torch.Tensor, directions: torch.Tensor) -> np.ndarray:
@@ -49,3 +53,17 @@ def projected_norms(jacobians: torch.Tensor, directions: torch.Tensor) -> np.nda
     """
     residual = jacobians - (jacobians @ directions) @ directions.T
     return residual.flatten(1).norm(dim=1).cpu().numpy()
+
+
+def conformal_threshold(calibration_scores: np.ndarray, quantile: float) -> float:
+    """The split-conformal threshold: the ``ceil((n + 1) quantile)``-th smallest of ``n`` held-out scores.
+
+    A new exchangeable score exceeds it with probability at most ``1 - quantile`` (``inf`` when
+    ``n`` is too small for that level).
+
+    >>> conformal_threshold(np.arange(1.0, 100.0), 0.9)
+    90.0
+    """
+    scores = np.sort(np.asarray(calibration_scores, dtype=float))
+    rank = int(np.ceil((scores.size + 1) * quantile))
+    return float("inf") if rank > scores.size else float(scores[rank - 1])

@@ -19,20 +19,19 @@ from collections.abc import Callable
 import torch
 from torch.func import vjp, vmap
 
+from hessview.engine.losses import get_loss
+
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def output_hessian_product(loss: str, outputs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def output_hessian_product(loss, outputs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """:math:`H^{out} u` per sample, for ``outputs`` and ``u`` of shape ``(n, ...)``.
 
     >>> out = torch.zeros(1, 2, dtype=torch.float64)  # p = (1/2, 1/2)
     >>> output_hessian_product("cross_entropy", out, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
     tensor([[ 0.2500, -0.2500]], dtype=torch.float64)
     """
-    if loss == "cross_entropy":
-        p = torch.softmax(outputs, dim=-1)
-        return p * u - p * (p * u).sum(dim=-1, keepdim=True)
-    return 2.0 * u
+    return get_loss(loss).output_hessian_product(outputs, u)
 
 
 def ggn_matmat(

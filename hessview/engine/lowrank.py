@@ -20,12 +20,15 @@ exact damped inverse when the data curvature has rank ``<= r``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from tqdm.auto import tqdm
+
+from hessview.engine.inverse import LowRankInverse
+
+__all__ = ["LowRankInverse", "top_eigenpairs"]
 
 
 def top_eigenpairs(
@@ -81,35 +84,3 @@ def top_eigenpairs(
         bar.close()
     order = np.argsort(lam)
     return torch.from_numpy(lam[order]).to(dtype), torch.from_numpy(V[:, order]).to(dtype).contiguous()
-
-
-@dataclass(frozen=True)
-class LowRankInverse:
-    """``V diag(1/(lambda + delta)) V^T + (I - V V^T) / (complement + delta)`` applied without forming it.
-
-    >>> V = torch.tensor([[1.0], [0.0], [0.0]], dtype=torch.float64)
-    >>> inv = LowRankInverse(torch.tensor([4.0], dtype=torch.float64), V, delta=0.0, complement=2.0)
-    >>> inv.apply(torch.eye(3, dtype=torch.float64)).diagonal()
-    tensor([0.2500, 0.5000, 0.5000], dtype=torch.float64)
-    """
-
-    eigenvalues: torch.Tensor
-    eigenvectors: torch.Tensor
-    delta: float
-    complement: float
-
-    def __post_init__(self):
-        shifted = float((self.eigenvalues + self.delta).min())
-        if shifted <= 0 or self.complement + self.delta <= 0:
-            raise ValueError(
-                f"the low-rank curvature plus damping is not positive definite (smallest kept eigenvalue "
-                f"+ delta = {shifted:.3g}, complement weight_decay + delta = "
-                f"{self.complement + self.delta:.3g}); use damping='auto', more damping or weight_decay > 0"
-            )
-
-    def apply(self, M: torch.Tensor) -> torch.Tensor:
-        """The approximate inverse times ``M`` ``(P, k)``."""
-        outside = 1.0 / (self.complement + self.delta)
-        coefficients = 1.0 / (self.eigenvalues + self.delta) - outside
-        V = self.eigenvectors
-        return V @ (coefficients[:, None] * (V.T @ M)) + outside * M

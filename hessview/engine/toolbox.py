@@ -1,21 +1,21 @@
-"""``HessianToolbox``: fit one Hessian, answer influence, uncertainty and extrapolation queries.
+"""``HessianToolbox``: fit one curvature, answer influence, uncertainty and extrapolation queries.
 
 The objective is :math:`R(\\theta) = \\frac{1}{n}\\sum_j L(x_j, y_j; \\theta) + \\frac{w}{2}\\lVert\\theta
-\\rVert^2` with the model in eval mode. ``fit`` computes its exact Hessian, the eigendecomposition shared by
-every method, and the per-sample training gradients; queries reuse them (Dawid et al., Mach. Learn.: Sci.
-Technol. 3, 015002 (2022)).
+\\rVert^2` with the model in eval mode. ``fit`` computes its curvature, the eigendecomposition shared by
+every query, and the per-sample training gradients; the queries (:mod:`hessview.engine.queries`) are
+written once against an inverse operator (:mod:`hessview.engine.inverse`), whichever way it is applied
+(Dawid et al., Mach. Learn.: Sci. Technol. 3, 015002 (2022)).
 
 Beyond the exact Hessian: ``curvature="ggn"`` uses the positive semi-definite Gauss-Newton matrix
 (:mod:`hessview.engine.ggn`); ``method="lowrank"`` keeps only the top eigenpairs, found by Lanczos from
-matrix-free curvature-vector products, with the low-rank-plus-damping inverse of
-:mod:`hessview.engine.lowrank`; ``method="auto"`` chooses between the two by memory. ``client=`` runs the
-data-parallel work on Dask (:mod:`hessview.engine.distributed`).
+matrix-free curvature-vector products (:mod:`hessview.engine.lowrank`); ``method="auto"`` chooses between
+the two by memory. ``client=`` runs the data-parallel work on Dask (:mod:`hessview.engine.distributed`).
+Persistence: :mod:`hessview.engine.persistence`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import warnings
 from pathlib import Path
@@ -29,8 +29,8 @@ from torch.func import jacrev, vmap
 
 from hessview._io import atomic_path
 from hessview.engine import _validation as check
+from hessview.engine import queries
 from hessview.engine.blocks import write_row_blocks
-from hessview.engine.cg import conjugate_gradient
 from hessview.engine.distributed import (
     CURVATURES,
     DaskBackend,
@@ -40,8 +40,8 @@ from hessview.engine.distributed import (
     make_shards,
     n_workers,
 )
-from hessview.engine.errors import NotStationaryWarning
-from hessview.engine.extrapolation import Extrapolation, projected_norms
+from hessview.engine.errors import ApproximationWarning, DampingWarning, NotStationaryWarning
+from hessview.engine.extrapolation import Extrapolation, conformal_threshold, projected_norms
 from hessview.engine.groundtruth import GroundTruthMixin
 from hessview.engine.hessian import (
     CurvatureTooLargeError,
@@ -50,34 +50,43 @@ from hessview.engine.hessian import (
     default_chunks,
     per_sample_gradients,
 )
-from hessview.engine.losses import LOSSES, per_sample_loss
-from hessview.engine.lowrank import LowRankInverse, top_eigenpairs
+from hessview.engine.inverse import CGInverse, EigenInverse, InverseOperator, LowRankInverse, PCGInverse
+from hessview.engine.losses import Loss, check_measurement, get_loss
+from hessview.engine.lowrank import top_eigenpairs
 from hessview.engine.params import FlatModel
+from hessview.engine.persistence import FORMAT, CorruptCacheError, ToolboxSettings, seal, unseal
 from hessview.engine.screening import RTOL as SCREENING_RTOL
 from hessview.engine.screening import frobenius_estimate, saturated
-from hessview.engine.spectrum import choose_damping, damped_inverse, default_rank, top_directions
-from hessview.engine.uncertainty import Uncertainty, bootstrap_weights, resampled_shifts, summarise
+from hessview.engine.spectrum import choose_damping, eigengap_rank, numerical_zero, top_directions
+from hessview.engine.uncertainty import Uncertainty, bootstrap_weights, summarise
 
-FORMAT = "hessview.toolbox/1"
-STATIONARY_RATIO = 1e-3
+__all__ = ["FORMAT", "HessianToolbox", "NotStationaryWarning"]
+
 METHODS = ("exact", "lowrank", "auto")
-SOLVERS = ("eig", "cg")
+SOLVERS = ("eig", "cg", "pcg")
+PREDICTIONS = ("loss", "logits")
 DEFAULT_RANK = 20
+#: theta counts as stationary when one Newton step is at most this fraction of a typical single removal's
+STATIONARY_RATIO = 0.1
+#: ApproximationWarning when the low-rank complement may be misrepresented by more than this factor
+APPROXIMATION_FACTOR = 2.0
+#: influence_stability at or above this is called "stable"
+STABLE_OVERLAP = 0.8
 
 
 class HessianToolbox(GroundTruthMixin):
-    """Influence functions, RelatIF, RUE uncertainty and local-ensemble extrapolation from one Hessian.
+    """Influence functions, RelatIF, RUE uncertainty and local-ensemble extrapolation from one curvature.
 
     Args:
         model: a ``torch.nn.Module`` mapping a batch of inputs to outputs (logits for classification).
         X_train: training inputs, first dimension indexing samples (tensor or NumPy array).
-        y_train: integer class labels (``loss="cross_entropy"``) or real targets (``loss="mse"``).
-        loss: ``"cross_entropy"`` or ``"mse"`` (see :mod:`hessview.engine.losses`).
+        y_train: integer class labels (classification) or real targets (regression).
+        loss: ``"cross_entropy"``, ``"mse"`` or a :class:`~hessview.engine.losses.Loss` instance.
         weight_decay: ``w`` in the objective's ``w/2 ||theta||^2``.
-        damping: ``"auto"`` (see :func:`hessview.engine.spectrum.choose_damping`) or a float ``delta >= 0``.
-            ``n_damped_`` counts the eigenvectors along which ``delta > |lambda|`` (there the inverse is about
-            ``1 / delta``); ``summary()`` says so when that is most of them.
-        dtype: floating dtype of every curvature computation (float64 by default).
+        damping: ``"auto"`` (see :func:`hessview.engine.spectrum.choose_damping`: none when the curvature is
+            positive definite, else ``2 |lambda_min|``), ``"tuned"`` (chosen by retraining, see
+            ``tune_damping``) or a float ``delta >= 0``.
+        dtype: ``torch.float64`` (default) or ``torch.float32``: the dtype of every curvature computation.
         progress: show progress bars during ``fit`` and long queries.
         method: ``"exact"`` forms the ``P x P`` curvature and its full eigendecomposition; ``"lowrank"``
             finds only the top-``rank`` eigenpairs by :math:`|\\lambda|` (Lanczos on matrix-free
@@ -99,6 +108,14 @@ class HessianToolbox(GroundTruthMixin):
             ``screening_residual_`` report it; the samples are added after all when the check fails).
             ``False`` sums over every sample.
 
+    Fitted attributes (after :meth:`fit`): ``hessian`` (exact mode), ``eigenvalues``, ``eigenvectors``,
+    ``train_gradients`` (documented fitted names without the trailing underscore, kept for compatibility),
+    ``inverse_`` (the :class:`~hessview.engine.inverse.InverseOperator` every query uses), ``method_``,
+    ``method_reason_``, ``damping_``, ``damping_reason_``, ``n_damped_``, ``lambda_min_``, ``lambda_max_``,
+    ``n_negative_``, ``gradient_norm_``, ``median_sample_gradient_norm_``, ``newton_step_``,
+    ``typical_step_``, ``stationarity_ratio_``, ``is_stationary_``, ``complement_factor_`` (low-rank),
+    ``n_screened_``, ``screening_residual_``.
+
     Example:
         >>> torch.manual_seed(0) and None
         >>> X = torch.randn(40, 3, dtype=torch.float64)
@@ -117,7 +134,7 @@ class HessianToolbox(GroundTruthMixin):
         X_train,
         y_train,
         *,
-        loss: str = "cross_entropy",
+        loss: str | Loss = "cross_entropy",
         weight_decay: float = 0.0,
         damping: str | float = "auto",
         dtype: torch.dtype = torch.float64,
@@ -131,54 +148,54 @@ class HessianToolbox(GroundTruthMixin):
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
+        self.loss_fn = get_loss(loss)
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating torch dtype such as torch.float64, not {dtype!r}")
-        if not _is_real(weight_decay) or not math.isfinite(weight_decay) or weight_decay < 0:
-            raise ValueError(f"weight_decay must be a finite number >= 0, not {weight_decay!r}")
+        if dtype not in (torch.float64, torch.float32):
+            raise TypeError(
+                f"dtype must be torch.float64 (default) or torch.float32, not {dtype!r}: half precision "
+                "cannot hold a curvature's eigendecomposition"
+            )
+        self.weight_decay = check.check_real("weight_decay", weight_decay, 0)
         _check_damping(damping)
-        if method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-        if curvature not in CURVATURES:
-            raise ValueError(f"curvature must be one of {CURVATURES}, not {curvature!r}")
-        if not _is_real(lanczos_tol) or not 0 <= lanczos_tol < 1:
-            raise ValueError(f"lanczos_tol must be a number in [0, 1), not {lanczos_tol!r}")
+        check.check_choice("method", method, METHODS)
+        check.check_choice("curvature", curvature, CURVATURES)
+        self.lanczos_tol = check.check_real("lanczos_tol", lanczos_tol, 0, 1, open_high=True)
+        self.screen = check.check_bool("screen", screen)
         check_client(client)
+        meta = [n for n, p in model.named_parameters() if p.is_meta]
+        if meta:
+            raise ValueError(
+                f"the model's parameters are on the meta device (no values): {', '.join(meta[:5])}; "
+                "load its weights (e.g. model.to_empty(device='cpu') then load_state_dict) first"
+            )
         self.flat = FlatModel(model, dtype)
         if self.flat.n_params == 0:
             raise ValueError("the model has no trainable parameters (none with requires_grad=True)")
         bad = [n for n, p in self.flat.module.named_parameters() if not torch.isfinite(p).all()]
         if bad:
             raise ValueError(f"the model's parameters contain NaN or inf: {', '.join(bad)}")
-        if rank is not None and (
-            isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank < self.flat.n_params
-        ):
-            raise ValueError(
-                f"rank must be an integer in [1, {self.flat.n_params - 1}] (P - 1), not {rank!r}"
-            )
+        if rank is not None:
+            rank = check.check_int("rank", rank, 1, self.flat.n_params - 1)
         self.method = method
         self.rank = min(DEFAULT_RANK, self.flat.n_params - 1) if rank is None else rank
         self.curvature = curvature
         self.client = client
-        self.lanczos_tol = float(lanczos_tol)
-        if not isinstance(screen, bool):
-            raise TypeError(f"screen must be True or False, not {screen!r}")
-        self.screen = screen
         self.n_screened_, self.screening_residual_ = 0, None
-        self.loss = loss
-        self.weight_decay = float(weight_decay)
+        self.loss = loss if isinstance(loss, Loss) else self.loss_fn.name
         self.damping = damping
         self.dtype = dtype
         self.progress = progress
         X = check.check_inputs("X_train", check.as_tensor("X_train", X_train, self.flat.device), dtype)
         outputs = self._probe(X)
         y = check.as_tensor("y_train", y_train, self.flat.device)
-        self.y_train = check.check_targets("y_train", y, X.shape[0], loss, outputs, dtype)
+        self.y_train = check.check_targets("y_train", y, X.shape[0], self.loss_fn, outputs, dtype)
         self.X_train = X
-        self.n_classes = int(outputs.shape[1]) if loss == "cross_entropy" else None
+        self.n_classes = int(outputs.shape[1]) if self.loss_fn.classification else None
         self._fitted = False
+        self._hessian = self._train_gradients = None
         self._train_scores: dict[tuple[int, str], np.ndarray] = {}
+        self._derived: dict = {}
         self._backend = None
 
     # ------------------------------------------------------------------ basics
@@ -197,27 +214,55 @@ class HessianToolbox(GroundTruthMixin):
         """The flat parameter vector at which everything is evaluated."""
         return self.flat.theta
 
+    @property
+    def settings(self) -> ToolboxSettings:
+        """The constructor arguments that change the numbers (what :meth:`save` records)."""
+        return ToolboxSettings(
+            loss=self.loss_fn.name,
+            weight_decay=self.weight_decay,
+            damping=self.damping,
+            dtype=str(self.dtype).removeprefix("torch."),
+            method=self.method,
+            rank=self.rank,
+            curvature=self.curvature,
+            lanczos_tol=self.lanczos_tol,
+            screen=self.screen,
+        )
+
     def _probe(self, X: torch.Tensor) -> torch.Tensor:
         try:
             with torch.no_grad():
                 outputs = self.flat(self.flat.theta, X[:2])
         except (RuntimeError, ValueError, TypeError) as err:
             raise ValueError(f"the model cannot evaluate inputs of shape {tuple(X.shape)}: {err}") from err
-        check.check_outputs(outputs, self.loss)
+        check.check_outputs(outputs, self.loss_fn)
+        with torch.no_grad():
+            bad = [
+                i + int(j)
+                for i in range(0, X.shape[0], 1024)
+                for j in torch.nonzero(
+                    ~torch.isfinite(self.flat(self.flat.theta, X[i : i + 1024])).flatten(1).all(dim=1)
+                ).flatten()
+            ]
+        if bad:
+            raise ValueError(
+                f"the model returns NaN or inf outputs for {len(bad)} training inputs (first: {bad[:5]}); "
+                "no loss or curvature can be computed there"
+            )
         return outputs
 
     def _sample_loss(self, theta, x, y):
-        return per_sample_loss(self.loss, self.flat(theta, x.unsqueeze(0)), y.unsqueeze(0))[0]
+        return self.loss_fn.per_sample(self.flat(theta, x.unsqueeze(0)), y.unsqueeze(0))[0]
 
     def _require_fit(self) -> None:
         if not self._fitted:
             raise RuntimeError("call fit() before querying the toolbox")
 
-    # ------------------------------------------------------------------ fit
+    # ------------------------------------------------------------------ fitted arrays
     @property
     def hessian(self) -> torch.Tensor:
         """The exact ``P x P`` curvature (Hessian, or GGN for ``curvature="ggn"``) plus ``weight_decay I``."""
-        if "_hessian" not in self.__dict__:
+        if self._hessian is None:
             if self._fitted and self.method_ == "lowrank":
                 raise AttributeError(
                     "method='lowrank' never forms the P x P Hessian: use eigenvalues/eigenvectors (the top "
@@ -233,7 +278,7 @@ class HessianToolbox(GroundTruthMixin):
     @property
     def train_gradients(self) -> torch.Tensor:
         """Per-sample training gradients ``(n, P)`` (kept by low-rank fits only when they fit in memory)."""
-        if "_train_gradients" not in self.__dict__:
+        if self._train_gradients is None:
             raise AttributeError(
                 "the per-sample training gradients were not kept (n x P is over a quarter of the free "
                 "memory); queries recompute them shard by shard"
@@ -246,43 +291,52 @@ class HessianToolbox(GroundTruthMixin):
     def train_gradients(self, value: torch.Tensor) -> None:
         self._train_gradients = value
 
+    @property
+    def keeps_train_gradients(self) -> bool:
+        """Whether the ``(n, P)`` training gradients are held in memory (else recomputed per query)."""
+        return self._train_gradients is not None
+
+    # ------------------------------------------------------------------ fit
     def fit(self) -> HessianToolbox:
         """Compute the curvature, its eigendecomposition, the damping and the per-sample gradients.
 
-        Warns with :class:`NotStationaryWarning` when the objective's gradient norm exceeds
-        ``1e-3`` times the median per-sample gradient norm. Returns ``self``.
+        Warns with :class:`~hessview.engine.errors.NotStationaryWarning` when theta is not a stationary point
+        (see ``stationarity_ratio_``), :class:`~hessview.engine.errors.DampingWarning` when the automatic
+        damping dominates most directions, :class:`~hessview.engine.errors.ApproximationWarning` when a
+        low-rank inverse may misrepresent the complement of its kept pairs by more than a factor 2.
+        ``damping="tuned"`` then runs :meth:`tune_damping` with its defaults. Returns ``self``.
         """
         self.method_, self.method_reason_ = self._choose_method()
         self._train_scores = {}
-        self.__dict__.pop("_train_ihvp_norm", None)
+        self._derived = {}
         if self.method_ == "exact":
             self._fit_exact()
         else:
             self._fit_lowrank()
-        self._set_derived()
         self._fitted = True
+        self._spectrum_facts()
+        self._stationarity()
+        setting = "auto" if self.damping == "tuned" else self.damping
+        self._use_damping(setting, warn=self.damping != "tuned")
         if not self.is_stationary_:
-            warnings.warn(
-                f"theta is not a stationary point of the objective: gradient norm "
-                f"{self.gradient_norm_:.3g} vs median per-sample gradient norm "
-                f"{self.median_sample_gradient_norm_:.3g} (ratio {self._stationarity_ratio:.2g} > "
-                f"{STATIONARY_RATIO:g}). Influence and RUE assume a minimum: train further "
-                "(e.g. L-BFGS) before trusting them.",
-                NotStationaryWarning,
-                stacklevel=2,
-            )
+            warnings.warn(self._not_stationary_message(), NotStationaryWarning, stacklevel=2)
+        if self.damping == "tuned":
+            self.tune_damping()
         return self
 
     def set_damping(self, damping: str | float) -> HessianToolbox:
         """Use another damping, ``"auto"`` or a float ``>= 0``, from now on, without refitting; returns self.
 
-        Every later query uses ``(H + delta I)^-1`` with the new ``delta``: the curvature and its
-        eigendecomposition are reused, so comparing dampings costs no new Hessian.
+        Every later query uses ``(C + delta I)^-1`` with the new ``delta``: the curvature and its
+        eigendecomposition are reused, so comparing dampings costs no new Hessian. Everything derived from
+        the previous damping is dropped with the previous inverse operator.
         """
         self._require_fit()
+        if damping == "tuned":
+            raise ValueError("set_damping takes 'auto' or a number; call tune_damping() to tune it")
         _check_damping(damping)
         self.damping = damping
-        self._set_derived()
+        self._use_damping(damping, warn=True)
         return self
 
     def _choose_method(self) -> tuple[str, str]:
@@ -354,7 +408,7 @@ class HessianToolbox(GroundTruthMixin):
 
     def _saturated(self) -> torch.Tensor:
         """Samples whose curvature vanishes in float64 (:mod:`~hessview.engine.screening`), if screening."""
-        if not self.screen or self.loss != "cross_entropy" or self.client is not None:
+        if not self.screen or self.loss_fn.name != "cross_entropy" or self.client is not None:
             return torch.zeros(self.n_train, dtype=torch.bool, device=self.X_train.device)
         probabilities = torch.cat(
             [self._outputs(self.X_train[i : i + 1024]).softmax(dim=1) for i in range(0, self.n_train, 1024)]
@@ -380,15 +434,9 @@ class HessianToolbox(GroundTruthMixin):
             return torch.zeros_like(kept)
         return sum(shard.dense_curvature(self.curvature, row_chunk) for shard in shards)
 
-    def curvature_matmat(self, M: torch.Tensor) -> torch.Tensor:
-        """Matrix-free ``(C + weight_decay I) M`` for ``M`` ``(P, k)``, ``C`` the data curvature."""
-        parts = self._get_backend().map("curvature_matmat", M.T.contiguous(), self.curvature)
-        return sum(parts).T + self.weight_decay * M
-
     def _fit_lowrank(self) -> None:
         self._backend = None
-        self.__dict__.pop("_hessian", None)
-        self.__dict__.pop("_train_gradients", None)
+        self._hessian = self._train_gradients = None
         self.eigenvalues, self.eigenvectors = top_eigenpairs(
             lambda v: self.curvature_matmat(v[:, None])[:, 0],
             self.n_params,
@@ -407,37 +455,104 @@ class HessianToolbox(GroundTruthMixin):
             self._gradient_mean = sum(sums) / self.n_train
             self._sample_gradient_norms = torch.cat(norms)
 
-    def _set_derived(self) -> None:
-        """Quantities derived from the Hessian, eigenpairs and gradients (also used after ``load``)."""
+    # ------------------------------------------------------------------ derived state
+    def _spectrum_facts(self) -> None:
+        """Spectrum and gradient summaries that do not depend on the damping."""
         lam = self.eigenvalues
-        scale = float(lam.abs().max())
         self.lambda_min_ = float(lam[0])
         self.lambda_max_ = float(lam[-1])
-        tol = self.n_params * torch.finfo(self.dtype).eps * scale
-        self.n_negative_ = int((lam < -tol).sum())
-        if self.method_ == "exact":
-            choice = choose_damping(lam, self.damping)
-        else:  # the complement of the kept pairs counts as one more eigenvalue, weight_decay
-            choice = choose_damping(torch.cat([lam, lam.new_tensor([self.weight_decay])]), self.damping)
-        self.damping_, self.damping_reason_ = choice.delta, choice.reason
-        self.n_damped_ = int((lam.abs() < self.damping_).sum())
-        if "_train_gradients" in self.__dict__:
+        self._zero = numerical_zero(lam, self.n_params)
+        self.n_negative_ = int((lam < -self._zero).sum())
+        if self.keeps_train_gradients:
             self._gradient_mean = self.train_gradients.mean(dim=0)
             self._sample_gradient_norms = self.train_gradients.norm(dim=1)
-        gradient = self._gradient_mean + self.weight_decay * self.theta
-        self.gradient_norm_ = float(gradient.norm())
+        self._objective_gradient = self._gradient_mean + self.weight_decay * self.theta
+        self.gradient_norm_ = float(self._objective_gradient.norm())
         self.median_sample_gradient_norm_ = float(self._sample_gradient_norms.median())
-        self._stationarity_ratio = self.gradient_norm_ / max(
-            self.median_sample_gradient_norm_, torch.finfo(self.dtype).tiny
+
+    def _spectrum_for_damping(self) -> torch.Tensor:
+        """The eigenvalues a damping rule sees (low-rank: the kept ones and the complement's weight decay)."""
+        if self.method_ == "exact":
+            return self.eigenvalues
+        return torch.cat([self.eigenvalues, self.eigenvalues.new_tensor([self.weight_decay])])
+
+    def _make_inverse(self, delta: float) -> InverseOperator:
+        if self.method_ == "exact":
+            return EigenInverse(self.eigenvalues, self.eigenvectors, delta)
+        return LowRankInverse(self.eigenvalues, self.eigenvectors, delta, self.weight_decay)
+
+    def _use_damping(self, setting, *, warn: bool) -> None:
+        """Choose ``damping_`` for ``setting`` and build the inverse every query uses; drop derived state."""
+        choice = choose_damping(self._spectrum_for_damping(), setting, self.n_params)
+        self.damping_, self.damping_reason_ = choice.delta, choice.reason
+        self.inverse_ = self._make_inverse(self.damping_)
+        self._derived = {}  # every cache that depends on the inverse lives here, so none can go stale
+        lam = self.eigenvalues
+        self.n_damped_ = int((lam.abs() < self.damping_).sum())
+        if warn and setting == "auto" and self.n_damped_ > len(lam) / 2:
+            warnings.warn(
+                f"the automatic damping {self.damping_:.3g} exceeds |lambda| along {self.n_damped_} of "
+                f"{len(lam)} eigenvectors: there (C + delta I)^-1 ~ I / delta, so influence mostly measures "
+                "gradient similarity in those directions. Train to a minimum (the curvature is then positive "
+                "definite and no damping is used), or choose the damping by retraining with tune_damping()",
+                DampingWarning,
+                stacklevel=3,
+            )
+        self.complement_factor_ = None
+        if isinstance(self.inverse_, LowRankInverse):
+            self.complement_factor_ = self.inverse_.misrepresentation()
+            if warn and self.complement_factor_ > APPROXIMATION_FACTOR:
+                warnings.warn(
+                    f"the low-rank inverse treats the complement of its {self.rank} kept eigenpairs as "
+                    "having "
+                    f"curvature weight_decay + damping = {self.weight_decay + self.damping_:.3g}, but it may "
+                    f"reach |lambda_r| + damping = {float(lam.abs().min()) + self.damping_:.3g}: up to "
+                    f"{self.complement_factor_:.3g}x misrepresented. Use solver='pcg' (exact to tol, "
+                    "preconditioned by the kept pairs), a larger rank, or method='exact'",
+                    ApproximationWarning,
+                    stacklevel=3,
+                )
+
+    def _stationarity(self) -> None:
+        """Newton step against the typical single-removal step, with the curvature made positive definite.
+
+        Judged with the undamped curvature where it is positive definite, else with the automatic damping
+        (:func:`~hessview.engine.spectrum.choose_damping`), whatever damping the queries use.
+        """
+        judge = choose_damping(self._spectrum_for_damping(), "auto", self.n_params).delta
+        inverse = self._make_inverse(judge)
+        self.newton_step_ = queries.newton_step(inverse, self._objective_gradient)
+        norms = self._inverse_gradient_norms(inverse)
+        self.typical_step_ = float(norms.median()) / self.n_train
+        tiny = torch.finfo(self.dtype).tiny
+        self.stationarity_ratio_ = self.newton_step_ / max(self.typical_step_, tiny)
+        self.is_stationary_ = bool(self.stationarity_ratio_ <= STATIONARY_RATIO)
+
+    def _not_stationary_message(self) -> str:
+        why = ""
+        norms = [
+            type(m).__name__
+            for m in self.flat.module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+        if norms:
+            why = (
+                f" The model has {norms[0]} layers: hessview evaluates the objective in eval mode (running "
+                "statistics), so a model trained in train mode is not at a minimum of it."
+            )
+        return (
+            f"theta is not a stationary point of the objective: one Newton step would move it by "
+            f"{self.newton_step_:.3g}, {self.stationarity_ratio_:.3g} times the median change caused by "
+            f"removing one training point ({self.typical_step_:.3g}; stationary means at most "
+            f"{STATIONARY_RATIO:g}). Influence and RUE assume a minimum: their numbers are dominated by the "
+            f"optimisation error.{why} Train further (e.g. full-batch L-BFGS, hessview.models.train) before "
+            "trusting them."
         )
-        self.is_stationary_ = self._stationarity_ratio <= STATIONARY_RATIO
-        self._train_scores = {}
-        if self.method_ == "lowrank":
-            self._inverse = LowRankInverse(lam, self.eigenvectors, self.damping_, self.weight_decay)
-            return
-        self._inverse = damped_inverse(lam, self.eigenvectors, self.damping_)
-        self._train_ihvp = self.train_gradients @ self._inverse
-        self._train_ihvp_norm = self._train_ihvp.norm(dim=1)
+
+    def _inverse_gradient_norms(self, inverse: InverseOperator) -> torch.Tensor:
+        if self.keeps_train_gradients:
+            return queries.inverse_gradient_norms(inverse, self.train_gradients)
+        return torch.cat(self._get_backend().map("inverse_gradient_norms", inverse))
 
     def summary(self) -> str:
         """A readable report of the fit."""
@@ -446,9 +561,11 @@ class HessianToolbox(GroundTruthMixin):
         kept = "" if self.method_ == "exact" else f" (of the top {self.rank} pairs by |lambda|)"
         lines = [
             f"HessianToolbox: {self.n_params} parameters, {self.n_train} training samples, "
-            f"loss={self.loss}, weight_decay={self.weight_decay:g}, dtype={self.dtype}",
+            f"loss={self.loss_fn.name}, weight_decay={self.weight_decay:g}, dtype={self.dtype}",
             f"  gradient norm       {self.gradient_norm_:.3e} "
-            f"(median per-sample {self.median_sample_gradient_norm_:.3e}); stationary: {stationary}",
+            f"(median per-sample {self.median_sample_gradient_norm_:.3e})",
+            f"  stationary          {stationary}: Newton step {self.newton_step_:.3e} = "
+            f"{self.stationarity_ratio_:.3g} x the median single-removal step {self.typical_step_:.3e}",
             f"  lambda_min          {self.lambda_min_:.6g}{kept}",
             f"  lambda_max          {self.lambda_max_:.6g}",
             f"  negative eigenvalues {self.n_negative_}{kept}",
@@ -463,8 +580,8 @@ class HessianToolbox(GroundTruthMixin):
         if self.n_damped_ > len(self.eigenvalues) // 2:
             lines.append(
                 f"  damping dominates   delta > |lambda| along {self.n_damped_} of {len(self.eigenvalues)} "
-                "eigenvectors: there (H + delta I)^-1 ~ I / delta, and influence tends to gradient "
-                "similarity / delta; compare with a smaller damping before trusting rankings"
+                "eigenvectors: along those (C + delta I)^-1 ~ I / delta, so influence there measures "
+                "gradient similarity; compare with influence_stability() before trusting rankings"
             )
         if self.method != "exact" or self.curvature != "hessian":
             lines.append(f"  method              {self.method_}: {self.method_reason_}")
@@ -472,7 +589,8 @@ class HessianToolbox(GroundTruthMixin):
         if self.method_ == "lowrank":
             lines.append(
                 f"  inverse             top-{self.rank} pairs exact, complement curvature weight_decay + "
-                f"damping = {self.weight_decay + self.damping_:.3g}"
+                f"damping = {self.weight_decay + self.damping_:.3g}, possibly misrepresented up to "
+                f"{self.complement_factor_:.3g}x (solver='pcg' is exact to tol)"
             )
         return "\n".join(lines)
 
@@ -480,7 +598,7 @@ class HessianToolbox(GroundTruthMixin):
         state = "fitted" if self._fitted else "not fitted"
         return f"HessianToolbox(n_params={self.n_params}, n_train={self.n_train}, {state})"
 
-    # ------------------------------------------------------------------ queries
+    # ------------------------------------------------------------------ inputs and gradients
     def _inputs(self, X_test, name: str = "X_test") -> torch.Tensor:
         X = check.as_tensor(name, X_test, self.flat.device)
         return check.check_inputs(name, X, self.dtype, self.X_train.shape[1:])
@@ -492,29 +610,70 @@ class HessianToolbox(GroundTruthMixin):
     def _labels(self, X: torch.Tensor, y_test, name: str = "y_test") -> torch.Tensor:
         outputs = self._outputs(X)
         if y_test is None:
-            if self.loss != "cross_entropy":
-                raise ValueError(f"{name} is required for loss='mse' (no label can be predicted)")
-            return outputs.argmax(dim=1)
+            return self.loss_fn.predict_targets(outputs)
         y = check.as_tensor(name, y_test, self.flat.device)
-        return check.check_targets(name, y, X.shape[0], self.loss, outputs, self.dtype)
+        return check.check_targets(name, y, X.shape[0], self.loss_fn, outputs, self.dtype)
 
     def predict(self, X) -> np.ndarray:
         """Class probabilities ``(n, C)`` for classification, model outputs for regression."""
         outputs = self._outputs(self._inputs(X, "X"))
-        if self.loss == "cross_entropy":
+        if self.loss_fn.classification:
             outputs = torch.softmax(outputs, dim=1)
         return outputs.cpu().numpy()
 
-    def test_gradients(self, X_test, y_test=None) -> torch.Tensor:
-        """Per-sample loss gradients ``(n_test, P)`` (labels predicted when ``y_test`` is None)."""
-        X = self._inputs(X_test)
-        return per_sample_gradients(self._sample_loss, self.theta, X, self._labels(X, y_test))
+    def measure(self, X, y=None, measurement: str = "loss") -> np.ndarray:
+        """Per-sample values of ``measurement`` at theta (labels predicted when ``y`` is None)."""
+        check_measurement(self.loss_fn, measurement)
+        X = self._inputs(X, "X")
+        labels = self._labels(X, y, "y")
+        return self.loss_fn.measure(self._outputs(X), labels, measurement).cpu().numpy()
 
-    def _apply_inverse(self, M: torch.Tensor) -> torch.Tensor:
-        """``(C + delta I)^{-1} M`` from the eigenpairs (exact, or low-rank plus complement)."""
-        if self.method_ == "exact":
-            return self._inverse @ M
-        return self._inverse.apply(M)
+    def test_gradients(self, X_test, y_test=None, measurement: str = "loss") -> torch.Tensor:
+        """Per-sample gradients ``(n_test, P)`` of the measurement's cost (labels predicted when None).
+
+        The cost is the loss for ``measurement="loss"`` and minus the margin for ``"margin"``, so that
+        influence is positive when a training point helps (lowering the loss, raising the margin).
+        """
+        check_measurement(self.loss_fn, measurement)
+        X = self._inputs(X_test)
+        return self._cost_gradients(X, self._labels(X, y_test), measurement)
+
+    def _cost_gradients(self, X: torch.Tensor, labels: torch.Tensor, measurement: str) -> torch.Tensor:
+        if measurement == "loss":
+            return per_sample_gradients(self._sample_loss, self.theta, X, labels)
+        sign = -1.0 if measurement == "margin" else 1.0
+
+        def cost(theta, x, y):
+            out = self.flat(theta, x.unsqueeze(0))
+            return sign * self.loss_fn.measure(out, y.unsqueeze(0), measurement)[0]
+
+        return per_sample_gradients(cost, self.theta, X, labels)
+
+    # ------------------------------------------------------------------ inverse
+    def _solver_inverse(self, solver: str, tol: float, maxiter: int | None) -> InverseOperator:
+        check.check_choice("solver", solver, SOLVERS)
+        if solver == "eig":
+            return self.inverse_
+        tol = check.check_real("tol", tol, 0, open_low=True)
+        if maxiter is not None:
+            maxiter = check.check_int("maxiter", maxiter, 1)
+        cls = CGInverse if solver == "cg" else PCGInverse
+        extra = {} if solver == "cg" else {"eigenvalues": self.eigenvalues, "eigenvectors": self.eigenvectors}
+        return cls(
+            self.curvature_matmat,
+            damping=self.damping_,
+            tol=tol,
+            maxiter=maxiter,
+            progress=self.progress,
+            **extra,
+        )
+
+    def curvature_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        """Matrix-free ``(C + weight_decay I) M`` for ``M`` ``(P, k)``, ``C`` the data curvature."""
+        if self._hessian is not None:
+            return self._hessian @ M
+        parts = self._get_backend().map("curvature_matmat", M.T.contiguous(), self.curvature)
+        return sum(parts).T + self.weight_decay * M
 
     def inverse_hvp(
         self, M: torch.Tensor, *, solver: str = "eig", tol: float = 1e-6, maxiter: int | None = None
@@ -522,61 +681,56 @@ class HessianToolbox(GroundTruthMixin):
         """``(C + delta I)^{-1} M`` for ``M`` ``(P, k)``: ``C`` the curvature plus weight decay.
 
         ``solver="eig"`` uses the eigenpairs from ``fit`` (the low-rank inverse for ``method="lowrank"``);
-        ``solver="cg"`` runs conjugate gradients (:mod:`hessview.engine.cg`) on matrix-free curvature-vector
-        products, to relative residual ``tol`` within ``maxiter`` iterations (``None``: ``10 P``), which
-        is exact up to ``tol`` even when ``method="lowrank"``.
+        ``solver="cg"`` runs conjugate gradients (:mod:`hessview.engine.cg`) on curvature-vector products,
+        to relative residual ``tol`` within ``maxiter`` iterations (``None``: ``10 P``); ``solver="pcg"``
+        preconditions them with the known eigenpairs (:class:`~hessview.engine.inverse.PCGInverse`). Both
+        are exact up to ``tol`` even when ``method="lowrank"``.
         """
         self._require_fit()
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
+        inverse = self._solver_inverse(solver, tol, maxiter)
         if not isinstance(M, torch.Tensor) or M.ndim != 2 or M.shape[0] != self.n_params:
             shape = tuple(M.shape) if isinstance(M, torch.Tensor) else type(M).__name__
             raise ValueError(f"M must be a ({self.n_params}, k) tensor of parameter vectors, not {shape}")
-        M = M.to(self.dtype)
-        if solver == "eig":
-            return self._apply_inverse(M)
-        delta = self.damping_
-        result = conjugate_gradient(
-            lambda D: self.curvature_matmat(D) + delta * D,
-            M,
-            tol=tol,
-            maxiter=maxiter,
-            progress=self.progress,
-        )
-        return result.solution
+        return inverse.apply(M.to(self.dtype))
 
     def _train_products(self, A: torch.Tensor) -> torch.Tensor:
         """``G A`` ``(n_train, k)``, ``G`` the per-sample training gradients (recomputed if not kept)."""
-        if "_train_gradients" in self.__dict__:
+        if self.keeps_train_gradients:
             return self.train_gradients @ A
         parts = self._get_backend().map("gradient_products", A, progress=self.progress, desc="influence")
         return torch.cat(parts)
 
-    def _influence_rows(self, X, labels, solver, tol, maxiter) -> torch.Tensor:
-        gradients = per_sample_gradients(self._sample_loss, self.theta, X, labels)
-        if solver == "eig" and self.method_ == "exact":
-            return gradients @ self._train_ihvp.T
-        ihvp = self.inverse_hvp(gradients.T.contiguous(), solver=solver, tol=tol, maxiter=maxiter)
-        return self._train_products(ihvp).T
+    # ------------------------------------------------------------------ queries
+    def _query(self, X_test, y_test, measurement):
+        self._require_fit()
+        check_measurement(self.loss_fn, measurement)
+        X = self._inputs(X_test)
+        return self._cost_gradients(X, self._labels(X, y_test), measurement)
 
     def influence(
-        self, X_test, y_test=None, *, solver: str = "eig", tol: float = 1e-6, maxiter: int | None = None
+        self,
+        X_test,
+        y_test=None,
+        *,
+        measurement: str = "loss",
+        solver: str = "eig",
+        tol: float = 1e-6,
+        maxiter: int | None = None,
     ) -> np.ndarray:
-        """Influence of removing each training point on each test loss (Koh & Liang, ICML 2017).
+        """Influence of removing each training point on each test measurement (Koh & Liang, ICML 2017).
 
-        .. math:: I[i, j] = \\frac{1}{n} g_i^T (H + \\delta I)^{-1} g_j
-                  \\approx L_i(\\theta_{-j}) - L_i(\\theta),
+        .. math:: I[i, j] = \\frac{1}{n} \\nabla f_i^T (C + \\delta I)^{-1} g_j
 
-        positive when training point ``j`` is helpful to test point ``i``. Shape ``(n_test, n_train)``.
-        ``solver``, ``tol`` and ``maxiter`` choose how :math:`(H + \\delta I)^{-1} g_i` is computed (see
-        :meth:`inverse_hvp`): ``"cg"`` suits a few chosen test points.
+        with :math:`f_i` the loss of test point ``i`` (``measurement="loss"``: :math:`I \\approx
+        L_i(\\theta_{-j}) - L_i(\\theta)`) or minus its label's margin :math:`\\log p_y - \\log(1 - p_y)`
+        (``"margin"``, TRAK's measurement, which does not vanish when the softmax saturates:
+        :math:`I \\approx m_i(\\theta) - m_i(\\theta_{-j})`). Positive when training point ``j`` is helpful
+        (removing it would raise the loss or lower the margin). Shape ``(n_test, n_train)``. ``solver``,
+        ``tol`` and ``maxiter`` choose how the inverse is applied (see :meth:`inverse_hvp`).
         """
-        self._require_fit()
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
-        X = self._inputs(X_test)
-        scores = self._influence_rows(X, self._labels(X, y_test), solver, tol, maxiter)
-        return (scores / self.n_train).cpu().numpy()
+        gradients = self._query(X_test, y_test, measurement)
+        inverse = self._solver_inverse(solver, tol, maxiter)
+        return queries.influence_scores(gradients, inverse, self._train_products, self.n_train).cpu().numpy()
 
     def influence_to_disk(
         self,
@@ -584,6 +738,7 @@ class HessianToolbox(GroundTruthMixin):
         path,
         y_test=None,
         *,
+        measurement: str = "loss",
         block_size: int = 1024,
         solver: str = "eig",
         tol: float = 1e-6,
@@ -596,14 +751,16 @@ class HessianToolbox(GroundTruthMixin):
         one pass over the training data, so large blocks are cheaper.
         """
         self._require_fit()
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, not {solver!r}")
+        check_measurement(self.loss_fn, measurement)
+        inverse = self._solver_inverse(solver, tol, maxiter)
         X = self._inputs(X_test)
         labels = self._labels(X, y_test)
 
         def rows(start, stop):
-            block = self._influence_rows(X[start:stop], labels[start:stop], solver, tol, maxiter)
-            return (block / self.n_train).cpu().numpy()
+            gradients = self._cost_gradients(X[start:stop], labels[start:stop], measurement)
+            return (
+                queries.influence_scores(gradients, inverse, self._train_products, self.n_train).cpu().numpy()
+            )
 
         dtype = np.dtype(str(self.dtype).removeprefix("torch."))
         return write_row_blocks(
@@ -616,26 +773,56 @@ class HessianToolbox(GroundTruthMixin):
             desc="influence blocks",
         )
 
-    def relatif(self, X_test, y_test=None) -> np.ndarray:
+    def relatif(self, X_test, y_test=None, *, measurement: str = "loss") -> np.ndarray:
         """Theta-relative influence, RelatIF (Barshan et al., AISTATS 2020).
 
-        .. math:: R[i, j] = \\frac{g_i^T (H + \\delta I)^{-1} g_j}{\\lVert (H + \\delta I)^{-1} g_j\\rVert},
+        .. math:: R[i, j] = \\frac{\\nabla f_i^T (C + \\delta I)^{-1} g_j}
+                  {\\lVert (C + \\delta I)^{-1} g_j\\rVert},
 
-        which discounts training points whose influence comes from a large parameter change.
+        which discounts training points whose influence comes from a large parameter change; ``measurement``
+        as in :meth:`influence`.
         """
-        self._require_fit()
-        X = self._inputs(X_test)
-        scores = self._influence_rows(X, self._labels(X, y_test), "eig", None, None)
-        if "_train_ihvp_norm" not in self.__dict__:
-            if "_train_gradients" in self.__dict__:
-                self._train_ihvp_norm = torch.cat(
-                    [self._inverse.apply(G.T).norm(dim=0) for G in self.train_gradients.split(512)]
+        gradients = self._query(X_test, y_test, measurement)
+        if "inverse_gradient_norms" not in self._derived:
+            self._derived["inverse_gradient_norms"] = self._inverse_gradient_norms(self.inverse_)
+        norms = self._derived["inverse_gradient_norms"]
+        return queries.relatif_scores(gradients, self.inverse_, self._train_products, norms).cpu().numpy()
+
+    def influence_stability(
+        self, X_test, y_test=None, *, k: int = 10, measurement: str = "loss"
+    ) -> np.ndarray:
+        """How much of each test point's top-``k`` helpful and harmful sets survives other dampings (0 to 1).
+
+        The grid spans the spectrum's scale around the chosen damping ``delta``: with ``s = delta`` (or,
+        when ``delta = 0``, the smallest positive eigenvalue) the alternatives are ``s/10``, ``s`` and
+        ``10 s`` (each kept only where the curvature plus it is positive definite). The score is the mean
+        over alternatives of the fraction of the ``2k`` top-``k`` helpful and harmful training points
+        that stay top-``k``; ``>= 0.8`` (``STABLE_OVERLAP``) is called stable. No curvature is recomputed.
+        """
+        k = check.check_int("k", k, 1)
+        gradients = self._query(X_test, y_test, measurement)
+        delta = self.damping_
+        positive = self.eigenvalues[self.eigenvalues > self._zero]
+        scale = delta if delta > 0 else (float(positive.min()) if positive.numel() else 1.0)
+        grid = sorted({scale / 10, scale, 10 * scale} - {delta})
+        grid = [d for d in grid if float(self.eigenvalues.min()) + d > 0]
+        reference = queries.influence_scores(gradients, self.inverse_, self._train_products, self.n_train)
+        reference = reference.cpu().numpy()
+        if not grid:
+            return np.ones(reference.shape[0])
+        overlaps = [
+            queries.top_k_overlap(
+                reference,
+                queries.influence_scores(
+                    gradients, self.inverse_.with_damping(d), self._train_products, self.n_train
                 )
-            else:
-                norms = self._get_backend().map("inverse_gradient_norms", self._inverse)
-                self._train_ihvp_norm = torch.cat(norms)
-        norms = self._train_ihvp_norm.clamp_min(torch.finfo(self.dtype).tiny)
-        return (scores / norms).cpu().numpy()
+                .cpu()
+                .numpy(),
+                k,
+            )
+            for d in grid
+        ]
+        return np.mean(overlaps, axis=0)
 
     def uncertainty(
         self, X_test, y_test=None, *, n_resamples: int = 200, seed: int = 0, level: float = 0.95
@@ -647,25 +834,19 @@ class HessianToolbox(GroundTruthMixin):
         it is NaN: the predictions' spread needs no targets).
         """
         self._require_fit()
-        if isinstance(n_resamples, np.integer):
-            n_resamples = int(n_resamples)
-        if not isinstance(n_resamples, int) or n_resamples < 2:
-            raise ValueError(f"n_resamples must be an integer >= 2, not {n_resamples!r}")
-        if not 0 < level < 1:
-            raise ValueError(f"level must lie strictly between 0 and 1, not {level!r}")
+        n_resamples = check.check_int("n_resamples", n_resamples, 2)
+        seed = check.check_seed("seed", seed)
+        level = check.check_real("level", level, 0, 1, open_low=True, open_high=True)
         X = self._inputs(X_test)
-        labels = None if self.loss == "mse" and y_test is None else self._labels(X, y_test)
+        predictable = self.loss_fn.classification or y_test is not None
+        labels = self._labels(X, y_test) if predictable else None
         weights = bootstrap_weights(self.n_train, n_resamples, seed)
-        if self.method_ == "exact":
-            shifts = resampled_shifts(self.train_gradients, self._inverse, weights)
+        W = (torch.as_tensor(weights, dtype=self.dtype, device=self.theta.device) - 1.0) / self.n_train
+        if self.keeps_train_gradients:
+            moved = W @ self.train_gradients
         else:
-            W = (torch.as_tensor(weights, dtype=self.dtype, device=self.theta.device) - 1.0) / self.n_train
-            if "_train_gradients" in self.__dict__:
-                moved = W @ self.train_gradients
-            else:
-                moved = sum(self._get_backend().map("weighted_gradient_sum", W))
-            shifts = -self._inverse.apply(moved.T).T
-        thetas = self.theta + shifts
+            moved = sum(self._get_backend().map("weighted_gradient_sum", W))
+        thetas = self.theta + queries.resampled_shifts(self.inverse_, moved)
         batch = max(1, int(2e7 // max(1, X.numel())))
         outputs = torch.cat(
             [
@@ -676,20 +857,20 @@ class HessianToolbox(GroundTruthMixin):
         if labels is None:
             losses = torch.full(outputs.shape[:2], float("nan"), dtype=outputs.dtype)
         else:
-            losses = torch.stack([per_sample_loss(self.loss, out, labels) for out in outputs])
-        if self.loss == "cross_entropy":
+            losses = torch.stack([self.loss_fn.per_sample(out, labels) for out in outputs])
+        if self.loss_fn.classification:
             outputs = torch.softmax(outputs, dim=-1)
         return summarise(outputs.cpu().numpy(), losses.cpu().numpy(), level, seed)
 
     def _prediction_jacobians(self, X: torch.Tensor, prediction: str) -> torch.Tensor:
         """``(n, K, P)`` gradients of the predictions that local ensembles compare.
 
-        ``"logits"``: the model outputs, centred over classes for classification (softmax ignores a
-        common shift); ``"loss"``: the loss at the predicted label.
+        ``"loss"``: the loss at the predicted label (classifiers); ``"logits"``: the model outputs, centred
+        over classes for classification (softmax ignores a common shift).
         """
         if prediction == "loss":
-            return self.test_gradients(X, None).unsqueeze(1)
-        centre = self.loss == "cross_entropy"
+            return self._cost_gradients(X, self._labels(X, None), "loss").unsqueeze(1)
+        centre = self.loss_fn.classification
 
         def outputs(theta, x):
             out = self.flat(theta, x.unsqueeze(0))[0].reshape(-1)
@@ -706,32 +887,58 @@ class HessianToolbox(GroundTruthMixin):
             ]
         )
 
+    def default_m(self) -> int:
+        """Directions local ensembles project out by default: the largest eigengap of the data curvature.
+
+        The data curvature ``|lambda - weight_decay|`` of the known eigenpairs, sorted, is cut where it drops
+        the most (:func:`~hessview.engine.spectrum.eigengap_rank`); always below ``P``.
+        """
+        self._require_fit()
+        most = self.n_params - 1 if self.method_ == "exact" else self.rank
+        return eigengap_rank(self.eigenvalues - self.weight_decay, most, self._zero)
+
     def extrapolation(
-        self, X_test, m: int | None = None, *, quantile: float = 0.99, prediction: str = "logits"
+        self,
+        X_test,
+        m: int | None = None,
+        *,
+        quantile: float = 0.99,
+        prediction: str | None = None,
+        calibration=None,
     ) -> Extrapolation:
         """Local-ensemble extrapolation scores and flags (see :mod:`hessview.engine.extrapolation`).
 
         Args:
             X_test: test inputs.
-            m: curvature directions projected out; default: the directions whose data curvature
-                ``|lambda - weight_decay|`` exceeds ``1e-3`` of its largest value, at most ``P - 1`` (and at
-                most ``rank`` for ``method="lowrank"``, which knows only the top ``rank`` directions).
-            quantile: the threshold is this quantile of the training inputs' scores.
-            prediction: ``"logits"`` or ``"loss"`` (the function whose gradient is projected).
+            m: curvature directions projected out, in ``[0, P - 1]`` (at most ``rank`` for
+                ``method="lowrank"``); default :meth:`default_m`.
+            quantile: the nominal fraction of in-distribution inputs left unflagged.
+            prediction: the function whose gradient is projected: ``"loss"`` (the loss at the predicted
+                label; the default for classifiers, as Madras et al. 2020 use for multiclass) or
+                ``"logits"`` (the outputs, centred over classes; the default for regression).
+            calibration: held-out in-distribution inputs. The threshold is then their split-conformal
+                quantile (the ``ceil((n_cal + 1) quantile)``-th smallest score), so new in-distribution
+                inputs are flagged at rate ``<= 1 - quantile``. ``None`` takes the quantile of the training
+                inputs' scores, which is optimistic (the training data pinned those directions down);
+                ``result.calibration`` says which was used.
         """
         self._require_fit()
-        top = self.n_params if self.method_ == "exact" else self.rank
+        top = self.n_params - 1 if self.method_ == "exact" else self.rank
         if m is None:
-            m = min(default_rank(self.eigenvalues - self.weight_decay), self.n_params - 1, top)
-        if isinstance(m, np.integer):
-            m = int(m)
-        if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= top:
+            m = self.default_m()
+        if check.is_int(m) and not 0 <= m <= top:
             kept = "" if self.method_ == "exact" else f" (method='lowrank' keeps {self.rank} directions)"
-            raise ValueError(f"m must be an integer in [0, {top}]{kept}, not {m!r}")
-        if not 0 < quantile < 1:
-            raise ValueError(f"quantile must lie strictly between 0 and 1, not {quantile!r}")
-        if prediction not in ("logits", "loss"):
-            raise ValueError(f"prediction must be 'logits' or 'loss', not {prediction!r}")
+            raise ValueError(
+                f"m must be an integer in [0, {top}]{kept}, not {m!r}: projecting out all P directions "
+                "leaves only rounding noise"
+            )
+        m = check.check_int("m", m, 0, top)
+        quantile = check.check_real("quantile", quantile, 0, 1, open_low=True, open_high=True)
+        if prediction is None:
+            prediction = "loss" if self.loss_fn.classification else "logits"
+        check.check_choice("prediction", prediction, PREDICTIONS)
+        if prediction == "loss" and not self.loss_fn.classification:
+            raise ValueError("prediction='loss' needs a classifier (labels are predicted); use 'logits'")
         X = self._inputs(X_test)
         directions = top_directions(self.eigenvalues, self.eigenvectors, m)
         key = (m, prediction)
@@ -739,8 +946,19 @@ class HessianToolbox(GroundTruthMixin):
             self._train_scores[key] = self._extrapolation_scores(self.X_train, prediction, directions)
         train_score = self._train_scores[key]
         score = self._extrapolation_scores(X, prediction, directions)
-        threshold = float(np.quantile(train_score, quantile))
-        return Extrapolation(score, threshold, score > threshold, m, quantile, train_score)
+        if calibration is None:
+            threshold = float(np.quantile(train_score, quantile))
+            how = (
+                f"the {quantile:g} quantile of the {self.n_train} training inputs' scores (optimistic: "
+                "pass calibration= held-out inputs for a calibrated flag rate)"
+            )
+        else:
+            cal_score = self._extrapolation_scores(
+                self._inputs(calibration, "calibration"), prediction, directions
+            )
+            threshold = conformal_threshold(cal_score, quantile)
+            how = f"split-conformal quantile {quantile:g} of {len(cal_score)} held-out calibration inputs"
+        return Extrapolation(score, threshold, score > threshold, m, quantile, train_score, how)
 
     # ------------------------------------------------------------------ persistence
     def data_fingerprint(self) -> str:
@@ -748,7 +966,11 @@ class HessianToolbox(GroundTruthMixin):
         return _data_fingerprint(self.X_train, self.y_train)
 
     def save(self, path) -> Path:
-        """Write the fitted state to a safetensors file, atomically (no pickled objects)."""
+        """Write the fitted state to a safetensors file, atomically, with a checksum (no pickled objects).
+
+        What is written is defined by :class:`~hessview.engine.persistence.ToolboxSettings` (the settings),
+        the fitted facts below and the tensors; :meth:`load` verifies all of it.
+        """
         self._require_fit()
         tensors = {
             "eigenvalues": self.eigenvalues,
@@ -757,63 +979,90 @@ class HessianToolbox(GroundTruthMixin):
             "y_train": self.y_train,
             "theta": self.theta,
         }
-        for key in ("hessian", "train_gradients"):
-            if f"_{key}" in self.__dict__:
-                tensors[key] = getattr(self, key)
-        if "_train_gradients" not in self.__dict__:
+        if self._hessian is not None:
+            tensors["hessian"] = self._hessian
+        if self.keeps_train_gradients:
+            tensors["train_gradients"] = self.train_gradients
+        else:
             tensors["gradient_mean"] = self._gradient_mean
             tensors["sample_gradient_norms"] = self._sample_gradient_norms
-        meta = {
-            "format": FORMAT,
-            "method": self.method_,
-            "method_reason": self.method_reason_,
-            "rank": self.rank,
-            "curvature": self.curvature,
-            "lanczos_tol": self.lanczos_tol,
-            "screen": self.screen,
-            "screening": [self.n_screened_, self.screening_residual_],
-            "loss": self.loss,
-            "weight_decay": self.weight_decay,
-            "damping": self.damping,
-            "dtype": str(self.dtype).removeprefix("torch."),
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        document = {
+            "settings": self.settings.to_json(),
+            "fitted": {
+                "method": self.method_,
+                "method_reason": self.method_reason_,
+                "damping": self.damping,
+                "n_screened": self.n_screened_,
+                "screening_residual": self.screening_residual_,
+            },
             "model_fingerprint": self.flat.fingerprint(),
             "data_fingerprint": self.data_fingerprint(),
         }
         path = Path(path)
         with atomic_path(path) as tmp:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                str(tmp),
-                metadata={"hessview": json.dumps(meta)},
-            )
+            save_file(tensors, str(tmp), metadata=seal(tensors, document))
         return path
 
     @classmethod
-    def load(cls, path, model: nn.Module, X_train=None, y_train=None, *, progress: bool = True, client=None):
+    def load(
+        cls,
+        path,
+        model: nn.Module,
+        X_train=None,
+        y_train=None,
+        *,
+        progress: bool = True,
+        client=None,
+        loss: Loss | None = None,
+    ):
         """Load a toolbox saved by :meth:`save` for ``model`` (optionally running queries on ``client``).
 
-        Refuses (ValueError) a file made for another model (architecture or parameter values differ)
-        or, when ``X_train``/``y_train`` are given, for other training data.
+        Refuses (:class:`~hessview.engine.persistence.CorruptCacheError`, a ValueError) a file that is
+        damaged, edited or of another format (older ones included: refit and save again), and (ValueError)
+        one made for another model (architecture or parameter values differ) or, when
+        ``X_train``/``y_train`` are given, for other training data. ``loss``: the
+        :class:`~hessview.engine.losses.Loss` instance a toolbox with a user-defined loss was fitted with.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no toolbox cache at {path}")
         try:
             with safe_open(str(path), framework="pt") as handle:
-                meta = json.loads((handle.metadata() or {}).get("hessview", "{}"))
+                metadata = handle.metadata()
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except Exception as err:  # safetensors raises its own error types for corrupt files
-            raise ValueError(f"{path} is not a readable hessview toolbox cache: {err}") from err
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a hessview toolbox cache of format {FORMAT}")
-        dtype = getattr(torch, meta["dtype"])
+            raise CorruptCacheError(
+                f"{path} is not a readable hessview toolbox file ({err}); refit the toolbox and save it again"
+            ) from err
+        document = unseal(metadata, tensors, path)
+        try:
+            settings = ToolboxSettings.from_json(document["settings"], path)
+            fitted = document["fitted"]
+            method_, method_reason = fitted["method"], fitted["method_reason"]
+            n_screened, residual = fitted["n_screened"], fitted["screening_residual"]
+            model_fingerprint, data_fingerprint = document["model_fingerprint"], document["data_fingerprint"]
+        except (KeyError, TypeError) as err:
+            raise CorruptCacheError(
+                f"{path}: the saved metadata lacks {err}; refit the toolbox and save it again"
+            ) from err
+        if loss is None:
+            loss = settings.loss
+        elif get_loss(loss).name != settings.loss:
+            raise ValueError(f"{path} was fitted with loss {settings.loss!r}, not {get_loss(loss).name!r}")
+        dtype = getattr(torch, settings.dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise CorruptCacheError(f"{path}: unknown dtype {settings.dtype!r}; refit the toolbox")
         fingerprint = FlatModel(model, dtype).fingerprint()
-        if fingerprint != meta["model_fingerprint"]:
+        if fingerprint != model_fingerprint:
             raise ValueError(
                 f"{path} was made for a different model (architecture or parameter values differ: "
-                f"fingerprint {meta['model_fingerprint'][:12]} in the file, {fingerprint[:12]} for "
+                f"fingerprint {model_fingerprint[:12]} in the file, {fingerprint[:12]} for "
                 "this model); refit the toolbox for this model"
             )
+        missing = {"eigenvalues", "eigenvectors", "X_train", "y_train", "theta"} - set(tensors)
+        if missing:
+            raise CorruptCacheError(f"{path} lacks the tensors {sorted(missing)}; refit the toolbox")
         device = next(model.parameters()).device
         X, y = tensors["X_train"].to(device), tensors["y_train"].to(device)
         if X_train is not None or y_train is not None:
@@ -821,51 +1070,78 @@ class HessianToolbox(GroundTruthMixin):
                 model,
                 X if X_train is None else X_train,
                 y if y_train is None else y_train,
-                loss=meta["loss"],
+                loss=loss,
                 dtype=dtype,
                 progress=False,
             )
-            if given.data_fingerprint() != meta["data_fingerprint"]:
+            if given.data_fingerprint() != data_fingerprint:
                 raise ValueError(f"{path} was made for different training data; refit the toolbox")
-        damping = meta["damping"]
         toolbox = cls(
             model,
             X,
             y,
-            loss=meta["loss"],
-            weight_decay=meta["weight_decay"],
-            damping=damping,
+            loss=loss,
+            weight_decay=settings.weight_decay,
+            damping=settings.damping,
             dtype=dtype,
             progress=progress,
-            method=meta.get("method", "exact"),
-            rank=meta.get("rank"),
-            curvature=meta.get("curvature", "hessian"),
+            method=settings.method,
+            rank=settings.rank,
+            curvature=settings.curvature,
             client=client,
-            lanczos_tol=meta.get("lanczos_tol", 1e-6),
-            screen=meta.get("screen", True),
+            lanczos_tol=settings.lanczos_tol,
+            screen=settings.screen,
         )
-        toolbox.n_screened_, toolbox.screening_residual_ = meta.get("screening", [0, None])
-        if toolbox.data_fingerprint() != meta["data_fingerprint"]:
-            raise ValueError(f"{path} is corrupt: its training data do not match its fingerprint")
-        toolbox.method_ = meta.get("method", "exact")
-        toolbox.method_reason_ = meta.get("method_reason", "method='exact'")
-        toolbox.method = meta.get("method", "exact")
-        names = {"gradient_mean": "_gradient_mean", "sample_gradient_norms": "_sample_gradient_norms"}
-        for key, tensor in tensors.items():
-            if key not in ("X_train", "y_train", "theta"):
-                setattr(toolbox, names.get(key, key), tensor.to(device))
-        toolbox._set_derived()
-        toolbox._fitted = True
+        if toolbox.data_fingerprint() != data_fingerprint:
+            raise CorruptCacheError(f"{path} is corrupt: its training data do not match its fingerprint")
+        toolbox._restore(path, tensors, device, method_, method_reason, fitted.get("damping"))
+        toolbox.n_screened_, toolbox.screening_residual_ = n_screened, residual
         return toolbox
+
+    def _restore(self, path, tensors, device, method_, method_reason, damping) -> None:
+        """Install loaded tensors after checking their shapes against the model and data."""
+        P, n = self.n_params, self.n_train
+        kept = P if method_ == "exact" else self.rank
+        shapes = {
+            "eigenvalues": (kept,),
+            "eigenvectors": (P, kept),
+            "hessian": (P, P),
+            "train_gradients": (n, P),
+            "gradient_mean": (P,),
+            "sample_gradient_norms": (n,),
+        }
+        for key, shape in shapes.items():
+            if key in tensors and tuple(tensors[key].shape) != shape:
+                raise CorruptCacheError(
+                    f"{path}: {key} has shape {tuple(tensors[key].shape)}, expected {shape}; refit the "
+                    "toolbox"
+                )
+        gradients = "train_gradients" in tensors or {"gradient_mean", "sample_gradient_norms"} <= set(tensors)
+        if (method_ == "exact" and "hessian" not in tensors) or not gradients:
+            raise CorruptCacheError(f"{path} lacks fitted tensors for method {method_!r}; refit the toolbox")
+        self.method_, self.method_reason_ = method_, method_reason
+        # fresh (aligned) copies: BLAS results can depend on the alignment of memory-mapped file data
+        tensors = {key: tensor.to(device).clone() for key, tensor in tensors.items()}
+        self.eigenvalues, self.eigenvectors = tensors["eigenvalues"], tensors["eigenvectors"]
+        self._hessian = tensors.get("hessian")
+        if "train_gradients" in tensors:
+            self._train_gradients = tensors["train_gradients"]
+        else:
+            self._gradient_mean = tensors["gradient_mean"]
+            self._sample_gradient_norms = tensors["sample_gradient_norms"]
+        self._fitted = True
+        self._spectrum_facts()
+        self._stationarity()
+        if damping is not None and damping != "tuned":
+            self.damping = damping
+        self._use_damping("auto" if self.damping == "tuned" else self.damping, warn=False)
 
 
 def _check_damping(damping) -> None:
-    if damping != "auto" and (not _is_real(damping) or not math.isfinite(damping) or damping < 0):
-        raise ValueError(f"damping must be 'auto' or a finite number >= 0, not {damping!r}")
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if damping in ("auto", "tuned"):
+        return
+    if isinstance(damping, str) or not check.is_real(damping) or not math.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be 'auto', 'tuned' or a finite number >= 0, not {damping!r}")
 
 
 def _data_fingerprint(X: torch.Tensor, y: torch.Tensor) -> str:

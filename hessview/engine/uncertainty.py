@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 @dataclass(frozen=True)
@@ -50,15 +49,6 @@ def bootstrap_weights(n: int, n_resamples: int, seed: int) -> np.ndarray:
     """
     rng = np.random.default_rng(seed)
     return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples)
-
-
-def resampled_shifts(
-    train_gradients: torch.Tensor, inverse: torch.Tensor, weights: np.ndarray
-) -> torch.Tensor:
-    """Parameter shifts :math:`-(H + \\delta I)^{-1} G^T (w_b - 1) / n`, one row per resample."""
-    n = train_gradients.shape[0]
-    w = torch.as_tensor(weights, dtype=train_gradients.dtype, device=train_gradients.device)
-    return -((w - 1.0) @ train_gradients / n) @ inverse
 
 
 def summarise(samples: np.ndarray, losses: np.ndarray, level: float, seed: int) -> Uncertainty:

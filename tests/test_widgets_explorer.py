@@ -92,6 +92,8 @@ def make_explorer(p, **kwargs):
         n_resamples=N_RESAMPLES,
         class_names=["LL", "CDW"],
         k=3,
+        measurement="loss",  # the truth above: influence on the loss of the true label
+        index=0,
     )
     options.update(kwargs)
     return Explorer(p["tb"], p["X_test"], p["y_test"], **options)
@@ -224,7 +226,7 @@ def assert_panels_show(ex, p, i, kind="influence"):
     helpful, harmful = expected_top(scores.tolist(), k)
     np.testing.assert_allclose(ex.influence.top.y, scores[helpful + harmful], rtol=1e-12)
     np.testing.assert_allclose(ex.influence.top.x, p["train_x"][helpful + harmful])
-    assert list(ex.influence.top.names) == [f"#{j}" for j in helpful + harmful]
+    assert [name.split(" ")[0] for name in ex.influence.top.names] == [f"#{j}" for j in helpful + harmful]
     assert ex.influence.figure.title.endswith(f"on test point #{i}")
     gallery = shown_gallery(ex)
     assert [j for j, _ in gallery["helpful"]] == helpful
@@ -262,8 +264,39 @@ def test_main_view_matches_toolbox(explorer, problem):
     np.testing.assert_allclose(explorer.main.intervals.y[:, 1], truth["uncertainty"].upper[:, 1])
 
 
-def test_initial_state_shows_point_zero(explorer, problem):
+def test_index_argument_opens_on_that_point(explorer, problem):
     assert_panels_show(explorer, problem, 0)
+    assert "as asked" in explorer.opening.value
+
+
+def test_opening_view_is_the_point_nearest_the_decision_boundary(problem):
+    explorer = make_explorer(problem, index=None, class_names=["LL", "<b>CDW</b>"])
+    p = problem["truth"]["prediction"]
+    gap = np.abs(p[:, 1] - p[:, 0])  # two classes: distance of P(class 1) from 1/2, twice
+    nearest = int(np.argmin(gap))
+    assert np.sort(gap)[1] > gap[nearest]  # a unique answer in this fixture
+    assert explorer.state.index == explorer.opening_index == nearest
+    assert_panels_show(explorer, problem, nearest)
+    text = explorer.opening.value
+    assert f"test point #{nearest}" in text and "nearest the decision boundary" in text
+    assert f"p = {p[nearest].max():.3f}" in text and f"p = {p[nearest].min():.3f}" in text
+    assert "&lt;b&gt;CDW&lt;/b&gt;" in text and "<b>CDW</b>" not in text  # class names escaped
+    assert attrs(text, "test-index") == [str(nearest)]
+
+
+def test_opening_view_of_a_regression_is_the_most_uncertain_point():
+    torch.manual_seed(2)
+    X = torch.linspace(-1, 1, 20, dtype=torch.float64).unsqueeze(1)
+    y = torch.sin(3 * X) + 0.1 * torch.randn_like(X)
+    tb = fit_toolbox(nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)), X, y, loss="mse")
+    X_test = torch.linspace(-2, 2, 7, dtype=torch.float64).unsqueeze(1)
+    y_test = torch.sin(3 * X_test)
+    ex = Explorer(tb, X_test, y_test, x=X_test[:, 0], n_resamples=N_RESAMPLES, k=2)
+    unc = tb.uncertainty(X_test, y_test, n_resamples=N_RESAMPLES, seed=0)
+    width = np.ravel(unc.upper) - np.ravel(unc.lower)
+    assert ex.state.index == int(np.argmax(width))
+    assert "most uncertain" in ex.opening.value and f"{width.max():.3g} wide" in ex.opening.value
+    assert ex.results.measurement == "loss"  # no margin without classes
 
 
 def test_click_by_selection_updates_every_panel(explorer, problem):
@@ -551,3 +584,144 @@ def test_html_renderers_as_widgets():
     np.testing.assert_array_equal(pixels[0, 0], LOW_COLOUR)
     np.testing.assert_array_equal(pixels[1, 0], HIGH_COLOUR)
     np.testing.assert_array_equal(pixels[0, 1], np.round((np.array(LOW_COLOUR) + HIGH_COLOUR) / 2))
+
+
+def test_influence_view_uses_the_main_views_log_scale(problem):
+    import bqplot as bq
+
+    # a control parameter over three decades for the test points, training points down to 0
+    test_x = np.geomspace(0.01, 40, 12)
+    train_x = np.concatenate([[0.0], np.geomspace(0.02, 39, 35)])
+    ex = make_explorer(problem, x=test_x, train_x=train_x)
+    assert isinstance(ex.main.x_scale, bq.LogScale) and isinstance(ex.influence.x_scale, bq.LogScale)
+    x, y, _ = drawn_dots(ex.influence)
+    np.testing.assert_array_equal(x[1:], train_x[1:])
+    assert x[0] == pytest.approx(0.005)  # half the smallest positive value, at the left edge
+    assert "1 training point at V1/J &le; 0 is drawn at the left edge" in ex.influence.caption.value
+    assert "log scale" in ex.influence.figure.axes[0].label
+    np.testing.assert_allclose(y, problem["truth"]["influence"][0], rtol=1e-12)
+    helpful, harmful = expected_top(problem["truth"]["influence"][0].tolist(), 3)
+    assert list(ex.influence.top.names) == [f"#{j} (V1/J = {train_x[j]:.4g})" for j in helpful + harmful]
+
+    # a linear main view keeps the influence view linear, even over many decades
+    ex = make_explorer(problem, train_x=np.geomspace(0.01, 40, 36))
+    assert isinstance(ex.main.x_scale, bq.LinearScale) and isinstance(ex.influence.x_scale, bq.LinearScale)
+
+
+def test_panels_say_what_their_numbers_mean(explorer, problem):
+    i = 2
+    explorer.select(i)
+    row = problem["truth"]["influence"][i]
+    j = int(np.argmax(np.abs(row)))
+    example = explorer.influence.example.value
+    assert attrs(example, "train-index") == [str(j)]
+    verb = "raise" if row[j] > 0 else "lower"
+    assert (
+        f"Removing training point #{j} (V1/J = {problem['train_x'][j]:.4g}) would {verb} the test loss by "
+        in (example)
+    )
+    assert f"by {abs(row[j]):.2g}:" in example
+    assert "cross-entropy in nats" in explorer.influence.caption.value
+    assert "above zero (blue) the point is helpful, removing it would raise the test loss" in (
+        explorer.influence.caption.value
+    )
+    headings = {role: explorer.gallery.headings[role].value for role in ("helpful", "harmful")}
+    assert "removing one would raise the test loss by the number under it" in headings["helpful"]
+    assert "removing one would lower the test loss by the number under it" in headings["harmful"]
+    unc = problem["truth"]["uncertainty"]
+    c = int(np.argmax(problem["truth"]["prediction"][i]))
+    words_ = explorer.detail.uncertainty_words.value
+    assert f"[{unc.lower[i, c]:.3g}, {unc.upper[i, c]:.3g}] 95% of the time" in words_
+    assert "99% of the training inputs stay below" in explorer.detail.badge.value
+    assert "loss per squared weight" in explorer.spectrum.note.value
+    assert "probability P(CDW) (0 to 1)" in explorer.main.caption.value
+    how_to = explorer.how_to.children[0].value
+    assert how_to.count("<li>") == 5 and "removing one would raise the test loss" in how_to
+    assert explorer.how_to.get_title(0) == "How to read this"
+    p = problem["truth"]["prediction"][i, c]
+    assert (
+        f"margin m = log p &minus; log(1 &minus; p) = {np.log(p / (1 - p)):.3g}"
+        in explorer.detail.summary.value
+    )
+    explorer.kind_toggle.value = "relatif"
+    assert "RelatIF" in explorer.influence.example.value and "no unit" in explorer.influence.caption.value
+
+
+def test_results_round_trip_keeps_measurement(explorer, tmp_path):
+    explorer.results.save(tmp_path / "r.npz")
+    again = ExplorerResults.load(tmp_path / "r.npz")
+    assert again.measurement == "loss" and again.extrapolation_quantile == pytest.approx(0.99)
+    with pytest.raises(ValueError, match="measurement must be one of"):
+        ExplorerResults.from_toolbox(explorer.results, None, measurement="logit")
+
+
+@pytest.fixture(scope="module")
+def chain():
+    from hessview.datasets import fermi_hubbard_chain
+
+    # a staggered field h1 = 0.01 pins the CDW on 8 sites (with the default 1e-7 the two CDW patterns
+    # of a finite chain mix, and the density stays near 1/2)
+    return fermi_hubbard_chain(np.linspace(0.0, 10.0, 36), L=8, N=4, h1=0.01, progress=False)
+
+
+def test_fock_renderer_draws_the_density_profile_of_exact_ground_states(chain):
+    from hessview.widgets.renderers import FockRenderer
+
+    low, high = chain.X.min(), chain.X.max()
+    scaled = (chain.X - low) / (high - low)  # the demos' global min-max scaling
+    renderer = FockRenderer(8, 4, offset=low, scale=high - low)
+    for state, density in zip(scaled, chain.density, strict=True):
+        drawn = np.array([float(v) for v in attrs(renderer.html(state), "density")[0].split()])
+        np.testing.assert_allclose(drawn, density, rtol=1e-10, atol=1e-13)
+        assert drawn.sum() == pytest.approx(4.0)  # N fermions
+    # physics: V1 = 0 is a (nearly) uniform Luttinger liquid, V1/J = 10 a charge-density wave
+    uniform = np.array([float(v) for v in attrs(renderer.html(scaled[0]), "density")[0].split()])
+    np.testing.assert_allclose(uniform, 0.5, atol=0.05)
+    cdw = np.array([float(v) for v in attrs(renderer.html(scaled[-1]), "density")[0].split()])
+    assert np.abs(np.diff(cdw)).min() > 0.5
+    with pytest.raises(ValueError, match="has 70 amplitudes, got 924"):
+        renderer.html(np.zeros(924))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        FockRenderer(8, 4, mode="spins")
+
+
+def test_fermi_hubbard_gallery_shows_densities_and_amplitudes_on_demand(explorer, problem, chain):
+    order = np.argsort(chain.V1)
+    ex = Explorer(
+        None,
+        None,
+        results=explorer.results,
+        X_train=chain.X[order],
+        render={"kind": "fock", "L": 8, "N": 4},
+        x=problem["test_x"],
+        train_x=problem["train_x"],
+        x_label="V1/J",
+        class_names=["LL", "CDW-I"],
+        k=3,
+    )
+    ex.select(5)
+    assert ex.thumbnail_toggle.options == ("density", "amplitudes") and ex.state.thumbnail == "density"
+    assert "density profile" in ex.gallery.intro.value
+    cards = gallery_cards(ex)
+    shown = 0
+    for role in ("helpful", "harmful"):
+        for caption, thumbnail in cards[role]:
+            j = int(attrs(caption, "train-index")[0])
+            density = [float(v) for v in attrs(thumbnail, "density")[0].split()]
+            np.testing.assert_allclose(density, chain.density[order][j], rtol=1e-10, atol=1e-13)
+            label = "CDW-I" if problem["y"][j] == 1 else "LL"
+            assert f"{label}<br>V1/J = {problem['train_x'][j]:.4g}<br>influence" in caption
+            shown += 1
+    assert shown > 0
+    ex.thumbnail_toggle.value = "amplitudes"
+    cards = gallery_cards(ex)
+    for caption, thumbnail in cards["helpful"]:
+        j = int(attrs(caption, "train-index")[0])
+        assert "hv-density" not in thumbnail
+        points = svg_line(thumbnail)
+        values = chain.X[order][j]
+        np.testing.assert_array_equal(points[[0, -1], 0], [0, LINE_GRID])
+        top = np.argmax(values)
+        assert [round(top * LINE_GRID / (values.size - 1)), 0] in points.tolist()
+    assert "Fock-basis amplitudes" in ex.gallery.intro.value
+    assert "Could not" not in ex.state.status

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -25,7 +26,7 @@ from hessview.widgets.explorer import Explorer
 from hessview.widgets.results import ExplorerResults
 
 DEFAULT_DEMO = "fermi-hubbard"
-RESULTS_VERSION = "2"
+RESULTS_VERSION = "3"
 APP_FIELDS = ("title", "x_label", "render", "class_names")  # what the app shows besides the results
 
 
@@ -92,6 +93,30 @@ def _read_cached(path: Path) -> tuple[ExplorerResults, np.ndarray, dict] | None:
     return results, X_train, fields
 
 
+def renderer_spec(demo, X_train: np.ndarray):
+    """How the gallery draws a demo's training inputs: Fock states as density profiles, else ``demo.render``.
+
+    A demo whose inputs are the ``C(L, L/2)`` Fock amplitudes of a half-filled chain, scaled by one
+    global min-max scaler (the Fermi-Hubbard demos), gets a :class:`~hessview.widgets.renderers.FockRenderer`
+    spec that undoes the scaling; any other demo keeps its own ``render``.
+
+    >>> import types
+    >>> scaler = types.SimpleNamespace(per_feature=False, min_=np.asarray(0.0), scale_=np.asarray(2.0))
+    >>> renderer_spec(types.SimpleNamespace(scaler=scaler, render="1d"), np.zeros((3, 1, 20)))
+    {'kind': 'fock', 'L': 6, 'N': 3, 'offset': 0.0, 'scale': 2.0}
+    >>> renderer_spec(types.SimpleNamespace(scaler=None, render="2d"), np.zeros((3, 16, 16)))
+    '2d'
+    """
+    scaler = getattr(demo, "scaler", None)
+    n_features = int(np.prod(X_train.shape[1:]))
+    if scaler is not None and not scaler.per_feature:
+        for L in range(2, 21, 2):
+            if math.comb(L, L // 2) == n_features:
+                offset, scale = float(np.ravel(scaler.min_)[0]), float(np.ravel(scaler.scale_)[0])
+                return {"kind": "fock", "L": L, "N": L // 2, "offset": offset, "scale": scale}
+    return demo.render
+
+
 def _compute(name: str, n_resamples: int, seed: int) -> tuple[ExplorerResults, np.ndarray, dict]:
     """Load (or build) the demo, query its toolbox once for every test point, and cache the answer."""
     from hessview.app.demos import load_demo
@@ -109,6 +134,7 @@ def _compute(name: str, n_resamples: int, seed: int) -> tuple[ExplorerResults, n
     X_train = demo.toolbox.X_train
     X_train = X_train.detach().cpu().numpy() if hasattr(X_train, "detach") else np.asarray(X_train)
     fields = {field: getattr(demo, field, None) for field in APP_FIELDS}
+    fields["render"] = renderer_spec(demo, X_train)
     path = results_path(name, n_resamples, seed)  # after load_demo: a (re)build changes the files
     if path is not None:
         results.save(path, X_train=X_train, app_fields=np.array(json.dumps(fields)))

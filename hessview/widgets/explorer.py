@@ -14,11 +14,13 @@ import io
 import logging
 import os
 
+import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 import traitlets
 
 from hessview._io import atomic_path, csv_safe
+from hessview.widgets import words
 from hessview.widgets.panels import DetailView, GalleryView, label_text
 from hessview.widgets.plots import InfluenceView, MainView, SpectrumView
 from hessview.widgets.renderers import make_renderer
@@ -67,6 +69,12 @@ class Explorer(widgets.AppLayout):
         class_names: names of the classes; X_train, y_train: override the toolbox's training data.
         results: precomputed :class:`ExplorerResults` (skips querying the toolbox).
         title: heading of the app.
+        index: the test point selected first; None opens on the most informative one
+            (:meth:`ExplorerResults.opening_index`: nearest the decision boundary for a classifier,
+            the most uncertain for a regression) and the page says why.
+        measurement: what influence measures (``ExplorerResults.from_toolbox``): ``"margin"`` of the
+            predicted label (the default for classifiers) or ``"loss"``; None picks ``"margin"`` for
+            classifiers and ``"loss"`` otherwise. Ignored when ``results`` is given.
 
     Attributes:
         state: the shared :class:`ExplorerState` (``index``, ``k``, ``kind``, ``status``).
@@ -92,6 +100,8 @@ class Explorer(widgets.AppLayout):
         y_train=None,
         results=None,
         title=None,
+        index: int | None = None,
+        measurement: str | None = None,
     ):
         # Cheap checks first: the precomputation below queries the toolbox for every test point.
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
@@ -116,7 +126,11 @@ class Explorer(widgets.AppLayout):
                 raise ValueError(
                     f"class_names has {len(class_names)} names but the model has {n_classes} classes"
                 )
+        if index is not None and (not isinstance(index, (int, np.integer)) or isinstance(index, bool)):
+            raise TypeError(f"index must be an integer or None, got {type(index).__name__}")
         if results is None:
+            if measurement is None:
+                measurement = "margin" if getattr(toolbox, "n_classes", None) is not None else "loss"
             results = ExplorerResults.from_toolbox(
                 toolbox,
                 X_test,
@@ -126,7 +140,10 @@ class Explorer(widgets.AppLayout):
                 y_train=y_train,
                 n_resamples=n_resamples,
                 seed=seed,
+                measurement=measurement,
             )
+        if index is not None and not 0 <= index < results.n_test:
+            raise ValueError(f"test index {index} is outside 0..{results.n_test - 1}")
         self.results = results
         self.class_names = class_names
         self.x_label = x_label or ("control parameter" if x is not None else "test point index")
@@ -135,11 +152,20 @@ class Explorer(widgets.AppLayout):
             if train_x is not None and x_label
             else ("control parameter" if train_x is not None else "training point index")
         )
-        self.state = ExplorerState(results.n_test, k=int(k))
+        self.renderer = renderer
+        self.opening_index = int(results.opening_index() if index is None else index)
+        self.state = ExplorerState(
+            results.n_test, k=int(k), index=self.opening_index, thumbnail=renderer.mode or ""
+        )
         self._order = np.argsort(results.x, kind="stable")
 
         self.main = MainView(results, x_label=self.x_label, y_label=self._y_label(), on_select=self._select)
-        self.influence = InfluenceView(results, train_x_label=self.train_x_label)
+        # the same control parameter gets the same axis scale in both plots
+        same_axis = x is not None and train_x is not None
+        log_x = isinstance(self.main.x_scale, bq.LogScale) if same_axis else None
+        self.influence = InfluenceView(
+            results, train_x_label=self.train_x_label, log_x=log_x, class_names=class_names
+        )
         self.gallery = GalleryView(
             results,
             X_train,
@@ -155,11 +181,21 @@ class Explorer(widgets.AppLayout):
         self.export_link = widgets.HTML()
         self.export_link.add_class("hv-export")
         controls = self._controls()
+        self.opening = widgets.HTML(self._opening_words(index is None))
+        self.opening.add_class("hv-opening")
+        self.how_to = widgets.Accordion(
+            children=[widgets.HTML(words.how_to_read(results, renderer.describe()))],
+            selected_index=None,
+        )
+        self.how_to.set_title(0, "How to read this")
+        self.how_to.add_class("hv-howto")
 
         super().__init__(
             header=widgets.VBox(
                 [
                     widgets.HTML(f"<h3 style='margin:4px 0'>{html.escape(str(title or 'hessview'))}</h3>"),
+                    self.opening,
+                    self.how_to,
                     controls,
                     self.status,
                 ]
@@ -175,7 +211,7 @@ class Explorer(widgets.AppLayout):
         self.add_class("hv-explorer")
         self.state.observe(self._status_changed, "status")
         self.state.observe(self._index_changed, "index")
-        self.state.observe(self._ranking_changed, ["k", "kind"])
+        self.state.observe(self._ranking_changed, ["k", "kind", "thumbnail"])
         self._refresh(self._all_parts())
 
     # ---------------------------------------------------------------- wiring
@@ -210,6 +246,17 @@ class Explorer(widgets.AppLayout):
             layout=widgets.Layout(width="140px"),
         )
         traitlets.link((self.index_box, "value"), (self.state, "index"))
+        extra = []
+        if len(self.renderer.modes) > 1:
+            self.thumbnail_toggle = widgets.ToggleButtons(
+                options=list(self.renderer.modes),
+                value=self.state.thumbnail,
+                tooltips=[f"draw the gallery's examples as {mode}" for mode in self.renderer.modes],
+                description="gallery",
+            )
+            self.thumbnail_toggle.add_class("hv-thumbnail-toggle")
+            traitlets.link((self.thumbnail_toggle, "value"), (self.state, "thumbnail"))
+            extra.append(self.thumbnail_toggle)
         return widgets.HBox(
             [
                 self.previous_button,
@@ -217,6 +264,7 @@ class Explorer(widgets.AppLayout):
                 self.index_box,
                 self.kind_toggle,
                 self.k_slider,
+                *extra,
                 self.export_link,
             ],
             layout=widgets.Layout(flex_flow="row wrap", align_items="center"),
@@ -229,6 +277,32 @@ class Explorer(widgets.AppLayout):
         if plotted is None:
             return "P(predicted class)"
         return f"P({label_text(plotted, self.class_names or ['class 0', 'class 1'])})"
+
+    def _opening_words(self, chosen: bool) -> str:
+        """Why the explorer opened on its first test point (HTML)."""
+        r, i = self.results, self.opening_index
+        where = f"test point #{i} ({html.escape(self.x_label)} = {r.x[i]:.4g})"
+        if not chosen:
+            return f'<div data-test-index="{i}">Opened on {where}, as asked.</div>'
+        if r.is_classification:
+            names = self.class_names or [f"class {c}" for c in range(r.n_classes)]
+            first, second = np.argsort(r.prediction[i])[::-1][:2]
+            why = (
+                f"it lies nearest the decision boundary of all {r.n_test} test points: the model gives "
+                f"{html.escape(names[first])} p = {r.prediction[i, first]:.3f} and "
+                f"{html.escape(names[second])} p = {r.prediction[i, second]:.3f}, so this is where the "
+                "training data decide most visibly"
+            )
+        else:
+            width = float(np.max(np.atleast_1d(r.uncertainty_upper[i] - r.uncertainty_lower[i])))
+            why = (
+                f"its prediction is the most uncertain of all {r.n_test} test points (its "
+                f"{r.level:.0%} resampling interval is {width:.3g} wide)"
+            )
+        return (
+            f'<div data-test-index="{i}" style="background:#eef4fb;padding:4px 8px;border-radius:4px">'
+            f"<b>Opened on {where}</b> because {why}. Click any other test point to explore it.</div>"
+        )
 
     def _select(self, index: int) -> None:
         try:
@@ -260,7 +334,16 @@ class Explorer(widgets.AppLayout):
     def _index_changed(self, _change) -> None:
         self._refresh(self._all_parts())
 
-    def _ranking_changed(self, _change) -> None:
+    def _ranking_changed(self, change) -> None:
+        if change["name"] == "thumbnail":
+            if change["new"] not in self.renderer.modes:
+                self.state.status = f"Could not draw the gallery as {change['new']!r}"
+                return
+            self.renderer.mode = change["new"]
+            self._refresh(
+                [("gallery", lambda: self.gallery.show(self.state.index, self.state.k, self.state.kind))]
+            )
+            return
         self._refresh(self._ranking_parts())
 
     def _refresh(self, parts) -> None:

@@ -12,6 +12,7 @@ import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
+from hessview.widgets import words
 from hessview.widgets.plots import EXTRAPOLATION, IN_DISTRIBUTION
 from hessview.widgets.renderers import THUMBNAIL_LAYOUT, HtmlRenderer, Renderer
 from hessview.widgets.results import ExplorerResults
@@ -57,6 +58,7 @@ class GalleryView:
         self.train_x_label = train_x_label
         self.class_names = class_names
         self.headings = {role: widgets.HTML() for role in self.ROLES}
+        self.intro = widgets.HTML()
         if isinstance(renderer, HtmlRenderer):
             self.rows, self.cards = {role: widgets.HTML() for role in self.ROLES}, None
         else:
@@ -67,7 +69,7 @@ class GalleryView:
                 )
                 for role in self.ROLES
             }
-        children = []
+        children = [self.intro]
         for role in self.ROLES:
             self.rows[role].add_class(f"hv-gallery-{role}")
             children += [self.headings[role], self.rows[role]]
@@ -90,9 +92,24 @@ class GalleryView:
         name = "influence" if kind == "influence" else "RelatIF"
         scores = self.results.scores(kind)[index]
         errors = []
+        self.intro.value = (
+            '<div class="hv-explain">The training points that most helped and most worked against the '
+            f"selected prediction, {self.renderer.describe()}; under each: its index, label, "
+            f"{html.escape(self.train_x_label)} and {name} score.</div>"
+        )
+        r = self.results
+        predicted = None
+        if r.is_classification:
+            predicted = words.class_name(np.argmax(r.prediction[index]), self.class_names)
         for role, chosen in zip(self.ROLES, self.results.top_k(index, k, kind), strict=True):
+            if kind == "influence":
+                effect = words.removal_effect(r, 1.0 if role == "helpful" else -1.0, predicted)
+                meaning = f"removing one {effect.replace(' by 1', '')} by the number under it"
+            else:
+                meaning = "RelatIF scores have no unit: compare them with each other"
             heading = (
-                f"<b>{len(chosen)} most {role} training points</b> for test point #{index} (by {name})"
+                f"<b>{len(chosen)} most {role} training points</b> for test point #{index} (by {name}): "
+                f"{meaning}."
                 if len(chosen)
                 else f"<b>No {role} training point</b> for test point #{index}: every {name} score is "
                 f"{'&le;' if role == 'helpful' else '&ge;'} 0"
@@ -189,7 +206,8 @@ class DetailView:
             layout=widgets.Layout(width="100%", height="200px"),
         )
         self.interval_table = widgets.HTML()
-        self.uncertainty = widgets.VBox([self.interval_figure, self.interval_table])
+        self.uncertainty_words = widgets.HTML()
+        self.uncertainty = widgets.VBox([self.interval_figure, self.interval_table, self.uncertainty_words])
         self.uncertainty.add_class("hv-uncertainty")
         self.badge = widgets.HTML()
         self.badge.add_class("hv-extrapolation")
@@ -230,6 +248,10 @@ class DetailView:
             f"<tr><th></th><th>mean &plusmn; std</th><th>{r.level:.0%} interval</th></tr>"
             f"{cells}</table>"
         )
+        self.uncertainty_words.value = (
+            f'<div class="hv-explain" data-test-index="{index}">'
+            f"{words.uncertainty_sentence(r, index, self.row_names)}</div>"
+        )
         self.badge.value = self._badge(index)
 
     def _summary(self, index: int, prediction: np.ndarray) -> str:
@@ -244,7 +266,13 @@ class DetailView:
         if r.is_classification:
             predicted = int(np.argmax(prediction))
             name = label_text(predicted, self.class_names or [f"class {c}" for c in range(len(prediction))])
-            guess = f"predicted: <b>{html.escape(name)}</b> (p = {prediction[predicted]:.3f})"
+            p = float(prediction[predicted])
+            margin = np.log(p) - np.log1p(-p) if p < 1 else np.inf
+            shown = f"{margin:.3g}" if np.isfinite(margin) else "&gt; 36 (p rounds to 1)"
+            guess = (
+                f"predicted: <b>{html.escape(name)}</b> (p = {p:.3f}, "
+                f"margin m = log p &minus; log(1 &minus; p) = {shown})"
+            )
         else:
             guess = f"predicted value: <b>{prediction[0]:.4g}</b>"
         return (
@@ -257,13 +285,13 @@ class DetailView:
         score, threshold = r.extrapolation_score[index], r.extrapolation_threshold
         flagged = bool(r.extrapolation_flag[index])
         if flagged:
-            words = (
+            verdict = (
                 "Extrapolation: this input lies outside what the training data constrain, "
                 "so do not trust this prediction without checking."
             )
             colour = EXTRAPOLATION
         else:
-            words = "Within the training data: the model is interpolating here."
+            verdict = "Within the training data: the model is interpolating here."
             colour = IN_DISTRIBUTION
         comparison = "&gt;" if score > threshold else "&le;"
         return (
@@ -271,6 +299,7 @@ class DetailView:
             f'data-score="{float(score)!r}" '
             f'data-threshold="{float(threshold)!r}" style="border-left:6px solid {colour};'
             f'padding:4px 8px;background:#f7f7f7"><b style="color:{colour}">'
-            f"{'EXTRAPOLATION' if flagged else 'IN DISTRIBUTION'}</b><br>{words}<br>"
-            f"score {score:.3g} {comparison} threshold {threshold:.3g}</div>"
+            f"{'EXTRAPOLATION' if flagged else 'IN DISTRIBUTION'}</b><br>{verdict}<br>"
+            f"score {score:.3g} {comparison} threshold {threshold:.3g}"
+            f'<div class="hv-explain" style="font-size:12px">{words.extrapolation_sentence(r)}</div></div>'
         )

@@ -6,12 +6,14 @@ update into one message), so selecting a point sends a few arrays and creates no
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 
 import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 
+from hessview.widgets import words
 from hessview.widgets.results import ExplorerResults
 
 IN_DISTRIBUTION = "#1f77b4"
@@ -32,6 +34,23 @@ def axis_scale(values: np.ndarray) -> bq.Scale:
     if positive and values.max() / values.min() > 100:
         return bq.LogScale()
     return bq.LinearScale()
+
+
+def log_positions(values: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, int]:
+    """Positions of ``values`` on a log axis: values <= 0 go half the smallest positive value left.
+
+    Returns the positions and how many values were moved. The smallest positive value is taken over
+    ``values`` and ``reference`` (the main view's points) together.
+
+    >>> positions, moved = log_positions(np.array([0.0, 0.1, 4.0]), np.array([0.2]))
+    >>> positions.tolist(), moved
+    ([0.05, 0.1, 4.0], 1)
+    """
+    values = np.asarray(values, dtype=np.float64)
+    positive = np.concatenate([values[values > 0], np.asarray(reference, dtype=np.float64).reshape(-1)])
+    positive = positive[positive > 0]
+    floor = positive.min() / 2 if positive.size else 1.0
+    return np.where(values > 0, values, floor), int((values <= 0).sum())
 
 
 def figure(marks, axes, title: str, height: str, *, margin=None, min_width="320px", **kwargs) -> bq.Figure:
@@ -110,7 +129,10 @@ class MainView:
             f'<span style="color:{EXTRAPOLATION}">&#9679;</span> extrapolation (flagged) &nbsp; '
             f"bars: {results.level:.0%} resampling (RUE) interval"
         )
-        self.widget = widgets.VBox([self.figure, legend, bq.Toolbar(figure=self.figure)])
+        self.caption = widgets.HTML(
+            f'<div class="hv-explain">{words.main_caption(results, y_label, x_label)}</div>'
+        )
+        self.widget = widgets.VBox([self.figure, self.caption, legend, bq.Toolbar(figure=self.figure)])
         self.widget.add_class("hv-main")
         self.points.observe(self._selected_changed, "selected")
         self.points.on_element_click(self._element_clicked)
@@ -144,12 +166,25 @@ class InfluenceView:
     SIGNS = (1.0, -1.0, 0.0)  # one curve each: helpful, harmful, zero
     CSS = "<style>.hv-influence .hv-dots path.line { stroke-linecap: round; }</style>"
 
-    def __init__(self, results: ExplorerResults, *, train_x_label: str):
+    def __init__(
+        self,
+        results: ExplorerResults,
+        *,
+        train_x_label: str,
+        log_x: bool | None = None,
+        class_names: list[str] | None = None,
+    ):
         self.results = results
-        self.x_scale, self.y_scale = axis_scale(results.train_x), bq.LinearScale()
+        self.train_x_label = train_x_label
+        self.class_names = class_names
+        if log_x is None:
+            log_x = isinstance(axis_scale(results.train_x), bq.LogScale)
+        self.x_scale, self.y_scale = (bq.LogScale() if log_x else bq.LinearScale()), bq.LinearScale()
+        # where the dots are drawn: on a log axis values <= 0 sit at its left edge (said in the note)
+        self.positions, moved = log_positions(results.train_x, results.x) if log_x else (results.train_x, 0)
         xy = {"x": self.x_scale, "y": self.y_scale}
         self.dots = bq.Lines(
-            x=np.repeat(results.train_x, 3),  # per point: twice its position, then a gap
+            x=np.repeat(self.positions, 3),  # per point: twice its position, then a gap
             y=np.full((len(self.SIGNS), 3 * results.n_train), np.nan),
             scales=xy,
             colors=[HELPFUL, HARMFUL, NEUTRAL],
@@ -165,14 +200,14 @@ class InfluenceView:
             stroke_width=1.5,
             interactions={"hover": "tooltip"},
             tooltip=bq.Tooltip(
-                fields=["x", "y", "name"],
-                formats=[".4g", ".3g", ""],
-                labels=[train_x_label, "score", "training point"],
+                fields=["name", "y"],
+                formats=["", ".3g"],
+                labels=["training point", "score"],
             ),
             display_names=False,
         )
         self.zero = bq.Lines(
-            x=[results.train_x.min(), results.train_x.max()],
+            x=[self.positions.min(), self.positions.max()],
             y=[0.0, 0.0],
             scales=xy,
             colors=["#666666"],
@@ -181,10 +216,27 @@ class InfluenceView:
         self.y_axis = bq.Axis(
             scale=self.y_scale, label="influence", side="left", tick_format=".1e", label_offset="55px"
         )
-        axes = [bq.Axis(scale=self.x_scale, label=train_x_label), self.y_axis]
+        axis_label = f"{train_x_label} (log scale, as above)" if log_x else train_x_label
+        axes = [bq.Axis(scale=self.x_scale, label=axis_label), self.y_axis]
         self.figure = figure([self.zero, self.dots, self.top], axes, "", "300px")
         self.figure.add_class("hv-dots")
-        self.widget = widgets.VBox([widgets.HTML(self.CSS), self.figure, bq.Toolbar(figure=self.figure)])
+        self.edge_note = (
+            f" {moved} training point{'s' if moved != 1 else ''} at {html.escape(train_x_label)} &le; 0 "
+            f"{'are' if moved != 1 else 'is'} drawn at the left edge of the log axis."
+            if moved
+            else ""
+        )
+        self.caption = widgets.HTML()
+        self.example = widgets.HTML()
+        self.widget = widgets.VBox(
+            [
+                widgets.HTML(self.CSS),
+                self.figure,
+                self.caption,
+                self.example,
+                bq.Toolbar(figure=self.figure),
+            ]
+        )
         self.widget.add_class("hv-influence")
 
     @classmethod
@@ -206,11 +258,34 @@ class InfluenceView:
         name = "influence" if kind == "influence" else "RelatIF"
         self.dots.y = self.dot_curves(row)
         with self.top.hold_sync():
-            self.top.x = self.results.train_x[top]
+            self.top.x = self.positions[top]
             self.top.y = row[top]
-            self.top.names = [f"#{j}" for j in top]
+            self.top.names = [
+                f"#{j} ({self.train_x_label} = {self.results.train_x[j]:.4g})" for j in top.tolist()
+            ]
         self.y_axis.label = name
         self.figure.title = f"{name} of each training point on test point #{index}"
+        caption = words.influence_caption(self.results, kind, k) + self.edge_note
+        self.caption.value = f'<div class="hv-explain">{caption}</div>'
+        strongest = int(np.argmax(np.abs(row))) if row.size and np.any(row != 0) else None
+        if strongest is None:
+            self.example.value = (
+                f'<div class="hv-explain-example" data-test-index="{index}">Every {name} score is 0: '
+                "no training point changes this prediction to first order.</div>"
+            )
+        else:
+            sentence = words.influence_sentence(
+                self.results,
+                index,
+                strongest,
+                kind,
+                class_names=self.class_names,
+                train_x_label=self.train_x_label,
+            )
+            self.example.value = (
+                f'<div class="hv-explain-example" data-test-index="{index}" data-train-index="{strongest}" '
+                f'data-score="{float(row[strongest])!r}"><b>Strongest:</b> {sentence}</div>'
+            )
 
 
 def log_abs_eigenvalues(eigenvalues: np.ndarray) -> np.ndarray:
@@ -266,6 +341,7 @@ class SpectrumView:
             f"{eigenvalues.size} eigenvalues, {int(negative.sum())} negative "
             f'(<span style="color:{HARMFUL}">&#10005;</span>); dashed line: damping '
             f"{results.damping:.3g} added before inverting"
+            f'<div class="hv-explain">{words.spectrum_sentence(results)}</div>'
         )
         self.widget = widgets.VBox([self.figure, self.note])
         self.widget.add_class("hv-spectrum")

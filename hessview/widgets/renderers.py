@@ -23,7 +23,18 @@ LINE_GRID = 1000  # an SVG line's points sit on a LINE_GRID x LINE_GRID integer 
 
 
 class Renderer:
-    """Base class: ``create()`` returns an empty thumbnail, ``update(view, example)`` redraws it."""
+    """Base class: ``create()`` returns an empty thumbnail, ``update(view, example)`` redraws it.
+
+    A renderer may draw an example in several ways: ``modes`` names them (the first is the default)
+    and ``mode`` holds the current one; the explorer then offers a toggle.
+    """
+
+    modes: tuple[str, ...] = ()
+    mode: str | None = None
+
+    def describe(self) -> str:
+        """How the thumbnails are drawn, as words for the page (HTML)."""
+        return "each drawn by your renderer"
 
     def create(self) -> widgets.Widget:
         """Return a new, empty thumbnail widget."""
@@ -89,6 +100,9 @@ def line_points(values: np.ndarray, grid: int = LINE_GRID, buckets: int | None =
 
 class LineRenderer(HtmlRenderer):
     """A 1D state (amplitudes, a density profile, a spectrum) drawn as one line (inline SVG)."""
+
+    def describe(self) -> str:  # noqa: D102 (documented in Renderer)
+        return "each drawn as a line of its input values from first to last, scaled to the thumbnail"
 
     def html(self, example: np.ndarray) -> str:
         """Return an SVG polyline of the flattened example against its position (see :func:`line_points`)."""
@@ -157,6 +171,9 @@ class LatticeRenderer(HtmlRenderer):
             raise ValueError(f"vmax must exceed vmin, got vmin={vmin}, vmax={vmax}")
         self.vmin, self.vmax = float(vmin), float(vmax)
 
+    def describe(self) -> str:  # noqa: D102 (documented in Renderer)
+        return "each drawn as its lattice, one pixel per site (blue = up, +1; red = down, &minus;1)"
+
     def html(self, example: np.ndarray) -> str:
         """Return the example's values as an inline PNG (:func:`lattice_png`), upscaled without blur."""
         payload = base64.b64encode(lattice_png(as_lattice(example), self.vmin, self.vmax)).decode()
@@ -164,6 +181,99 @@ class LatticeRenderer(HtmlRenderer):
         return (
             f'<img class="hv-lattice" src="data:image/png;base64,{payload}" '
             f'style="width:{side};height:{side};image-rendering:pixelated" alt="lattice">'
+        )
+
+
+def fock_occupations(L: int, N: int) -> np.ndarray:
+    """Occupations ``n_i`` ``(C(L, N), L)`` of the Fock basis of ``N`` spinless fermions on ``L`` sites.
+
+    The convention of :mod:`hessview.datasets.fermi_hubbard`: basis states are the integers with
+    ``N`` of their ``L`` lowest bits set, in descending order, and site ``i`` is bit ``L - 1 - i``.
+
+    >>> fock_occupations(3, 1).tolist()
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    """
+    states = np.arange(2**L, dtype=np.int64)
+    bits = (states[:, None] >> (L - 1 - np.arange(L))) & 1
+    return bits[bits.sum(axis=1) == N][::-1].astype(np.float64)
+
+
+class FockRenderer(HtmlRenderer):
+    """A many-body state given by its Fock-basis amplitudes: its density profile or the amplitudes.
+
+    ``mode="density"`` draws the site occupations
+    :math:`\\langle n_i \\rangle = \\sum_s |\\psi_s|^2 n_i(s) / \\sum_s |\\psi_s|^2` as bars from 0 to 1
+    with a dashed line at 1/2 (a Luttinger liquid is flat there, a charge-density wave alternates);
+    ``mode="amplitudes"`` draws the amplitudes as a line (:class:`LineRenderer`). Model inputs that
+    were rescaled are mapped back first: :math:`\\psi = \\text{offset} + \\text{scale} \\cdot x`
+    (for a global min-max scaler, offset = min and scale = max - min).
+
+    Args:
+        L: number of sites; N: number of fermions (the example has ``C(L, N)`` amplitudes).
+        offset, scale: the inverse of the input scaling.
+        mode: ``"density"`` or ``"amplitudes"``.
+    """
+
+    modes = ("density", "amplitudes")
+
+    def __init__(self, L: int, N: int, *, offset: float = 0.0, scale: float = 1.0, mode: str = "density"):
+        if not (isinstance(L, int) and isinstance(N, int) and 0 < N < L <= 20):
+            raise ValueError(f"need integers 0 < N < L <= 20, got L={L!r}, N={N!r}")
+        if not (np.isfinite(offset) and np.isfinite(scale) and scale != 0):
+            raise ValueError(f"offset must be finite and scale finite and nonzero, got {offset}, {scale}")
+        if mode not in self.modes:
+            raise ValueError(f"mode must be one of {self.modes}, got {mode!r}")
+        self.L, self.N, self.offset, self.scale, self.mode = L, N, float(offset), float(scale), mode
+        self.occupation = fock_occupations(L, N)
+        self._line = LineRenderer()
+
+    def describe(self) -> str:  # noqa: D102 (documented in Renderer)
+        if self.mode == "amplitudes":
+            return f"each drawn as its {len(self.occupation)} Fock-basis amplitudes (a line)"
+        return (
+            f"each drawn as its density profile &lang;n<sub>i</sub>&rang;, the occupation of each of the "
+            f"{self.L} sites (bars from 0 to 1; dashed line at 1/2: a Luttinger liquid is flat there, "
+            "a charge-density wave alternates between full and empty sites)"
+        )
+
+    def amplitudes(self, example: np.ndarray) -> np.ndarray:
+        """The example's amplitudes, mapped back from the model's input scaling."""
+        values = np.asarray(example, dtype=np.float64).reshape(-1)
+        if values.size != len(self.occupation):
+            raise ValueError(
+                f"a state of {self.N} fermions on {self.L} sites has {len(self.occupation)} amplitudes, "
+                f"got {values.size}"
+            )
+        return self.offset + self.scale * values
+
+    def density(self, example: np.ndarray) -> np.ndarray:
+        """The density profile :math:`\\langle n_i \\rangle` ``(L,)`` of one example."""
+        weights = self.amplitudes(example) ** 2
+        total = weights.sum()
+        if not (np.isfinite(total) and total > 0):
+            raise ValueError("the state's amplitudes are all zero or not finite")
+        return weights @ self.occupation / total
+
+    def html(self, example: np.ndarray) -> str:
+        """Return the density bars (or the amplitudes' line) as inline SVG."""
+        if self.mode == "amplitudes":
+            return self._line.html(self.amplitudes(example))
+        density = self.density(example)
+        width, height = 100 * self.L, 1000
+        bars = "".join(
+            f'<rect x="{100 * i + 10}" y="{height - n * height:.1f}" width="80" height="{n * height:.1f}" '
+            'fill="#1f4e99"/>'
+            for i, n in enumerate(density.tolist())
+        )
+        values = " ".join(repr(float(n)) for n in density)
+        title = ", ".join(f"{n:.2f}" for n in density)
+        return (
+            f'<svg class="hv-density" data-density="{values}" viewBox="0 -20 {width} {height + 40}" '
+            f'preserveAspectRatio="none" width="{THUMBNAIL_LAYOUT["width"]}" '
+            f'height="{THUMBNAIL_LAYOUT["height"]}"><title>&lt;n_i&gt; = {title}</title>'
+            f'<rect x="0" y="0" width="{width}" height="{height}" fill="#f4f4f4"/>{bars}'
+            f'<line x1="0" x2="{width}" y1="{height // 2}" y2="{height // 2}" stroke="#d62728" '
+            'stroke-dasharray="6 4" vector-effect="non-scaling-stroke"/></svg>'
         )
 
 
@@ -188,13 +298,20 @@ class CallableRenderer(Renderer):
 def make_renderer(render, example_shape: tuple[int, ...]) -> Renderer:
     """Choose a renderer: ``"1d"``, ``"2d"``, a :class:`Renderer`, a callable, or None (automatic).
 
-    None picks a lattice for examples that are 2D after squeezing unit axes, a line otherwise.
+    A dict ``{"kind": "fock", "L": ..., "N": ..., "offset": ..., "scale": ...}`` makes a
+    :class:`FockRenderer` (what the Fermi-Hubbard demos store). None picks a lattice for examples
+    that are 2D after squeezing unit axes, a line otherwise.
 
     >>> type(make_renderer(None, (1, 16, 16))).__name__
     'LatticeRenderer'
     >>> type(make_renderer(None, (1, 924))).__name__
     'LineRenderer'
     """
+    if isinstance(render, dict):
+        if render.get("kind") != "fock":
+            raise ValueError(f"a render dict must have kind='fock', got {render!r}")
+        options = {key: value for key, value in render.items() if key != "kind"}
+        return FockRenderer(**options)
     if render is None:
         squeezed = [n for n in example_shape if n != 1]
         return LatticeRenderer() if len(squeezed) == 2 else LineRenderer()

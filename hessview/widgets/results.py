@@ -2,7 +2,9 @@
 
 The quantities are those of Dawid et al., MLST 3, 015002 (2022): influence functions (Koh & Liang
 removal convention, positive = helpful), RelatIF, resampling uncertainty (RUE) and the local-ensemble
-extrapolation score, all read from :class:`hessview.HessianToolbox`.
+extrapolation score, all read from :class:`hessview.HessianToolbox`. Influence is taken on a
+*measurement* of the test prediction (Park et al. 2023, TRAK): ``"margin"``, the margin of the
+predicted label :math:`m = \\log p_y - \\log(1 - p_y)` (classifiers), or ``"loss"``, the test loss.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 
 from hessview._io import atomic_path
 from hessview.widgets.state import SCORE_KINDS
+
+MEASUREMENTS = ("margin", "loss")
 
 
 def _as_numpy(values) -> np.ndarray:
@@ -54,7 +58,8 @@ class ExplorerResults:
 
     Arrays are indexed ``[test point]`` or ``[test point, training point]``; ``prediction``,
     ``uncertainty_*`` are ``(n_test, C)`` class probabilities for classification and ``(n_test,)``
-    values for regression.
+    values for regression. ``measurement`` names what ``influence`` and ``relatif`` measure:
+    ``"margin"`` (of the predicted label) or ``"loss"`` (of the true label when ``y_test`` is known).
     """
 
     x: np.ndarray
@@ -74,6 +79,8 @@ class ExplorerResults:
     extrapolation_flag: np.ndarray
     eigenvalues: np.ndarray
     damping: float
+    measurement: str = "loss"
+    extrapolation_quantile: float = 0.99
 
     @classmethod
     def from_toolbox(
@@ -88,21 +95,30 @@ class ExplorerResults:
         n_resamples: int = 200,
         seed: int = 0,
         level: float = 0.95,
+        measurement: str = "margin",
     ) -> ExplorerResults:
         """Query a fitted toolbox once for every test point.
 
         Args:
             toolbox: a fitted :class:`hessview.HessianToolbox`.
             X_test: test inputs, shape ``(n_test, ...)``.
-            y_test: optional test labels; influence is then taken for the true label (else the
-                toolbox's default, the predicted label).
+            y_test: optional test labels; with ``measurement="loss"`` influence is then taken on
+                the loss of the true label (else of the predicted label).
             x: control parameter of each test point (defaults to the index).
             train_x: control parameter of each training point (defaults to the index).
             y_train: training labels shown in the gallery (defaults to ``toolbox.y_train``).
             n_resamples: bootstrap resamples for ``toolbox.uncertainty``.
             seed: seed of the resampling.
             level: coverage of the uncertainty interval.
+            measurement: ``"margin"``: influence on the margin of the predicted label,
+                :math:`m = \\log p_y - \\log(1 - p_y)` (classifiers only; positive = removing the
+                training point would lower the margin); ``"loss"``: influence on the test loss
+                (positive = removing it would raise the loss). Both: positive = helpful.
         """
+        if measurement not in MEASUREMENTS:
+            raise ValueError(f"measurement must be one of {MEASUREMENTS}, got {measurement!r}")
+        if measurement == "margin" and getattr(toolbox, "n_classes", None) is None:
+            raise ValueError('measurement="margin" needs a classifier; use measurement="loss" for regression')
         if not isinstance(n_resamples, int) or n_resamples < 2:
             raise ValueError(f"n_resamples must be an integer >= 2, got {n_resamples!r}")
         n_test = len(X_test)
@@ -113,14 +129,18 @@ class ExplorerResults:
             y_train = getattr(toolbox, "y_train", None)
         uncertainty = toolbox.uncertainty(X_test, y_test, n_resamples=n_resamples, seed=seed, level=level)
         extrapolation = toolbox.extrapolation(X_test)
+        # the margin explains the decision the model makes: that of its predicted label
+        labels = None if measurement == "margin" else y_test
         return cls(
             x=_control_parameter(x, n_test, "x"),
             train_x=_control_parameter(train_x, n_train, "train_x"),
             y_test=_labels(y_test, n_test, "y_test"),
             y_train=_labels(y_train, n_train, "y_train"),
             prediction=_as_numpy(toolbox.predict(X_test)).astype(np.float64),
-            influence=_as_numpy(toolbox.influence(X_test, y_test)).astype(np.float64),
-            relatif=_as_numpy(toolbox.relatif(X_test, y_test)).astype(np.float64),
+            influence=_as_numpy(_TEMPORARY(toolbox.influence, X_test, labels, measurement)).astype(
+                np.float64
+            ),
+            relatif=_as_numpy(_TEMPORARY(toolbox.relatif, X_test, labels, measurement)).astype(np.float64),
             uncertainty_mean=_as_numpy(uncertainty.mean).astype(np.float64),
             uncertainty_std=_as_numpy(uncertainty.std).astype(np.float64),
             uncertainty_lower=_as_numpy(uncertainty.lower).astype(np.float64),
@@ -131,6 +151,8 @@ class ExplorerResults:
             extrapolation_flag=_as_numpy(extrapolation.flag).astype(bool).reshape(-1),
             eigenvalues=_as_numpy(toolbox.eigenvalues).astype(np.float64).reshape(-1),
             damping=float(toolbox.damping_),
+            measurement=measurement,
+            extrapolation_quantile=float(getattr(extrapolation, "quantile", 0.99)),
         )
 
     def save(self, path: str | os.PathLike, **extra) -> None:
@@ -170,14 +192,21 @@ class ExplorerResults:
                     continue
                 value = data[field.name]
                 values[field.name] = value.item() if value.ndim == 0 else value
+        optional = {"y_test", "y_train"} | {
+            f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+        }
         missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if values[f.name] is None and f.name not in ("y_test", "y_train")
+            f.name for f in dataclasses.fields(cls) if values[f.name] is None and f.name not in optional
         ]
         if missing:
             raise ValueError(f"{path} lacks the fields {missing}: not an ExplorerResults file")
-        return cls(**values)
+        return cls(
+            **{
+                name: value
+                for name, value in values.items()
+                if value is not None or name in ("y_test", "y_train")
+            }
+        )
 
     @property
     def n_test(self) -> int:
@@ -253,3 +282,38 @@ class ExplorerResults:
             self.uncertainty_lower[rows, column],
             self.uncertainty_upper[rows, column],
         )
+
+    def opening_index(self) -> int:
+        """The most informative test point to open the explorer on.
+
+        Classification: the point nearest the decision boundary, i.e. with the smallest gap between
+        its two most probable classes; among equal gaps the widest RUE interval of the predicted
+        class. Regression: the widest RUE interval (the most uncertain prediction).
+
+        >>> r = ExplorerResults.__new__(ExplorerResults)
+        >>> object.__setattr__(r, "prediction", np.array([[0.99, 0.01], [0.45, 0.55], [0.3, 0.7]]))
+        >>> object.__setattr__(r, "uncertainty_lower", np.zeros((3, 2)))
+        >>> object.__setattr__(r, "uncertainty_upper", np.ones((3, 2)))
+        >>> r.opening_index()
+        1
+        """
+        width = self.uncertainty_upper - self.uncertainty_lower
+        if not self.is_classification:
+            return int(np.argmax(width.reshape(self.n_test, -1).max(axis=1)))
+        ranked = np.sort(self.prediction, axis=1)
+        gap = ranked[:, -1] - ranked[:, -2]
+        predicted = np.argmax(self.prediction, axis=1)
+        predicted_width = width[np.arange(self.n_test), predicted]
+        return int(np.lexsort((-predicted_width, gap))[0])
+
+    def decision_gap(self, index: int) -> float:
+        """Probability of the predicted class minus that of the runner-up (classification)."""
+        ranked = np.sort(self.prediction[index])
+        return float(ranked[-1] - ranked[-2])
+
+
+def _TEMPORARY(method, X, y, measurement):  # TEMPORARY until the engine's measurement= lands: REMOVE
+    try:
+        return method(X, y, measurement=measurement)
+    except TypeError:
+        return method(X, y)

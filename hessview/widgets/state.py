@@ -27,6 +27,7 @@ class ExplorerState(HasTraits):
     k = Int(5, help="number of most helpful and most harmful training points shown")
     kind = Enum(SCORE_KINDS, default_value="influence", help="influence or relatif")
     status = Unicode("", help="one-line status message: busy state, selection, or an error")
+    thumbnail = Unicode("", help="how the gallery draws examples: one of the renderer's modes ('' if one)")
 
     def __init__(self, n_test: int, **kwargs):
         if n_test < 1:

@@ -74,7 +74,7 @@ def test_demo_explorer_shows_the_demo(served, small_demo, monkeypatch):
     explorer.select(4)
     drawn = np.nansum(np.asarray(explorer.influence.dots.y)[:, 0::3], axis=0)  # one curve per point
     np.testing.assert_allclose(
-        drawn, small_demo.toolbox.influence(small_demo.X_test, small_demo.y_test)[4], rtol=1e-12
+        drawn, small_demo.toolbox.influence(small_demo.X_test, measurement="margin")[4], rtol=1e-12
     )
     assert explorer.k_slider.value == 2
     assert "Small demo" in explorer.header.children[0].value
@@ -120,7 +120,7 @@ def test_results_are_cached_and_reused_without_loading_the_demo(served, small_de
     assert again.class_names == ["A", "B"] and again.x_label == "g"
     assert "Small demo" in again.header.children[0].value
     again.select(3)
-    truth = small_demo.toolbox.influence(small_demo.X_test, small_demo.y_test)[3]
+    truth = small_demo.toolbox.influence(small_demo.X_test, measurement="margin")[3]
     np.testing.assert_allclose(np.nansum(np.asarray(again.influence.dots.y)[:, 0::3], axis=0), truth)
 
 
@@ -144,7 +144,7 @@ def test_unreadable_cache_is_recomputed(served, small_demo, tmp_path):
     path.write_bytes(b"not an npz file")
     explorer = app.demo_explorer("small", n_resamples=20)
     assert served == ["small"]
-    truth = small_demo.toolbox.relatif(small_demo.X_test, small_demo.y_test)
+    truth = small_demo.toolbox.relatif(small_demo.X_test, measurement="margin")
     np.testing.assert_allclose(explorer.results.relatif, truth, rtol=1e-12)
     assert app.ExplorerResults.load(path).relatif.shape == truth.shape
 

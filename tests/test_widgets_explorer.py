@@ -725,3 +725,25 @@ def test_fermi_hubbard_gallery_shows_densities_and_amplitudes_on_demand(explorer
         assert [round(top * LINE_GRID / (values.size - 1)), 0] in points.tolist()
     assert "Fock-basis amplitudes" in ex.gallery.intro.value
     assert "Could not" not in ex.state.status
+
+
+def test_default_measurement_is_the_margin_of_the_predicted_label(problem):
+    ex = make_explorer(problem, measurement=None, index=None)
+    tb, X_test = problem["tb"], problem["X_test"]
+    truth = tb.influence(X_test, measurement="margin")  # predicted labels
+    assert ex.results.measurement == "margin"
+    i = ex.state.index
+    assert_influence_view_shows(ex.influence, problem["train_x"], truth[i])
+    np.testing.assert_allclose(ex.results.relatif, tb.relatif(X_test, measurement="margin"), rtol=1e-12)
+    j = int(np.argmax(np.abs(truth[i])))
+    predicted = ["LL", "CDW"][int(np.argmax(problem["truth"]["prediction"][i]))]
+    verb = "lower" if truth[i, j] > 0 else "raise"
+    assert (
+        f"would {verb} the margin of the predicted label ({predicted}) by {abs(truth[i, j]):.2g}"
+        in ex.influence.example.value
+    )
+    assert "m = log p &minus; log(1 &minus; p) in nats" in ex.influence.caption.value
+    helpful = ex.gallery.headings["helpful"].value
+    assert (
+        f"removing one would lower the margin of the predicted label ({predicted}) by the number" in helpful
+    )

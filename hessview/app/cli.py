@@ -1,7 +1,9 @@
 """The ``hessview`` command: ``hessview app [NAME]`` serves the explorer with Voila; ``hessview build``.
 
 ``hessview app`` first builds any missing cache of the demo (with progress bars), then runs Voila on
-the app notebook, bound to 127.0.0.1, and prints the address it serves.
+the app notebook, bound to 127.0.0.1, and prints the address it serves. ``hessview app landscape``
+serves the energy-landscape app; ``hessview app --toolbox PATH --model MODULE:CLASS`` serves your own
+saved toolbox and model in the same explorer (see :mod:`hessview.app.own`).
 """
 
 from __future__ import annotations
@@ -17,32 +19,48 @@ from pathlib import Path
 from hessview._io import cache_dir
 
 DEMOS = ("fermi-hubbard", "fermi-hubbard-window", "ising")
+LANDSCAPE = "landscape"
+APPS = (*DEMOS, LANDSCAPE)
 DEFAULT_PORT = 8866
 EXECUTION_TIMEOUT_S = 600
 APP_NOTEBOOK = "app.ipynb"
+LANDSCAPE_NOTEBOOK = "app-landscape.ipynb"
+OWN_MODEL_NOTEBOOK = "app-own-model.ipynb"
+#: What each app notebook runs, for the copy written when hessview is installed without its notebooks.
+NOTEBOOK_CODE = {
+    APP_NOTEBOOK: ("hessview explorer", "from hessview.app.voila import demo_explorer\n\ndemo_explorer()"),
+    LANDSCAPE_NOTEBOOK: (
+        "hessview energy landscapes",
+        "from hessview.app.landscape_demo import landscape_app\n\nlandscape_app()",
+    ),
+    OWN_MODEL_NOTEBOOK: (
+        "hessview: your own model",
+        "from hessview.app.own import own_explorer\n\nown_explorer()",
+    ),
+}
 
 
-def app_notebook() -> Path:
-    """Return the app notebook Voila serves.
+def app_notebook(name: str = APP_NOTEBOOK) -> Path:
+    """Return the app notebook ``name`` Voila serves (``app.ipynb`` by default).
 
-    The repository's ``notebooks/app.ipynb`` when hessview runs from a checkout, else a copy shipped
-    in the package, else a two-cell notebook written to the cache directory.
+    The repository's ``notebooks/NAME`` when hessview runs from a checkout, else a copy shipped in
+    the package, else a two-cell notebook written to the cache directory.
     """
+    if name not in NOTEBOOK_CODE:
+        raise ValueError(f"unknown app notebook {name!r}; choose one of {sorted(NOTEBOOK_CODE)}")
     package = Path(__file__).resolve().parent.parent
-    for candidate in (package.parent / "notebooks" / APP_NOTEBOOK, package / "notebooks" / APP_NOTEBOOK):
+    for candidate in (package.parent / "notebooks" / name, package / "notebooks" / name):
         if candidate.is_file():
             return candidate
     import nbformat
 
     from hessview._io import atomic_path
 
+    heading, code = NOTEBOOK_CODE[name]
     notebook = nbformat.v4.new_notebook(
-        cells=[
-            nbformat.v4.new_markdown_cell("# hessview explorer"),
-            nbformat.v4.new_code_cell("from hessview.app.voila import demo_explorer\n\ndemo_explorer()"),
-        ]
+        cells=[nbformat.v4.new_markdown_cell(f"# {heading}"), nbformat.v4.new_code_cell(code)]
     )
-    path = cache_dir("app") / APP_NOTEBOOK
+    path = cache_dir("app") / name
     with atomic_path(path) as tmp:
         nbformat.write(notebook, str(tmp))
     return path
@@ -101,8 +119,13 @@ def parser() -> argparse.ArgumentParser:
     """Return the command-line parser."""
     top = argparse.ArgumentParser(prog="hessview", description=__doc__.splitlines()[0])
     commands = top.add_subparsers(dest="command", required=True)
-    app = commands.add_parser("app", help="serve the interactive explorer with Voila")
-    app.add_argument("name", nargs="?", default=DEMOS[0], choices=DEMOS, help="demo to show")
+    app = commands.add_parser(
+        "app",
+        help="serve the interactive explorer with Voila",
+        description="Serve a demo (default: fermi-hubbard), the energy-landscape app (landscape), or your "
+        "own model (--toolbox PATH --model MODULE:CLASS) with Voila on 127.0.0.1.",
+    )
+    app.add_argument("name", nargs="?", default=None, choices=APPS, help="demo to show")
     app.add_argument(
         "--port",
         type=_port,
@@ -111,6 +134,25 @@ def parser() -> argparse.ArgumentParser:
     )
     app.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     app.add_argument("--rebuild", action="store_true", help="rebuild the demo's caches first")
+    app.add_argument(
+        "--quick",
+        action="store_true",
+        help="landscape: build smaller landscapes (seconds instead of a minute)",
+    )
+    own = app.add_argument_group("your own model")
+    own.add_argument("--toolbox", metavar="PATH", help="a toolbox file written by tb.save(PATH)")
+    own.add_argument(
+        "--model",
+        metavar="MODULE:CLASS",
+        help="your model class, importable from the current folder and built without arguments; its "
+        "weights come from the toolbox file (or --weights) and must match the toolbox's fingerprint",
+    )
+    own.add_argument(
+        "--data",
+        metavar="PATH",
+        help="optional test set (.npz): X_test and any of y_test, x, train_x, x_label, class_names, title",
+    )
+    own.add_argument("--weights", metavar="PATH", help="optional state dict (.safetensors) of the model")
     make = commands.add_parser("build", help="only build the demos' caches")
     make.add_argument(  # no argparse choices: Python < 3.12 rejects an empty list with them
         "names", nargs="*", metavar="NAME", help=f"demos to build (default: all of {', '.join(DEMOS)})"
@@ -131,14 +173,34 @@ def main(argv: list[str] | None = None) -> int:
                 )
         build(args.names or list(DEMOS), rebuild=args.rebuild)
         return 0
-    build([args.name], rebuild=args.rebuild)
+    own_model = args.toolbox is not None or args.model is not None
+    if own_model:
+        if args.name is not None:
+            command_line.error(f"give either a demo name ({args.name}) or --toolbox/--model, not both")
+        if args.toolbox is None or args.model is None:
+            command_line.error("--toolbox and --model go together (your toolbox file and MODULE:CLASS)")
+    elif args.data is not None or args.weights is not None:
+        command_line.error("--data and --weights need --toolbox and --model")
+    if args.quick and args.name != LANDSCAPE:
+        command_line.error("--quick applies to the landscape app only")
+    environment = dict(os.environ)
+    if own_model:
+        notebook, what, environment = _prepare_own_model(args, environment)
+    elif args.name == LANDSCAPE:
+        from hessview.app.landscape_demo import build as build_landscapes
+
+        print("hessview: preparing the energy landscapes", flush=True)
+        build_landscapes(quick=args.quick, progress=True, rebuild=args.rebuild)
+        notebook, what = app_notebook(LANDSCAPE_NOTEBOOK), "landscape app"
+        environment["HESSVIEW_LANDSCAPE_QUICK"] = "1" if args.quick else ""
+    else:
+        name = args.name or DEMOS[0]
+        build([name], rebuild=args.rebuild)
+        notebook, what = app_notebook(), f"{name!r} explorer"
+        environment["HESSVIEW_DEMO"] = name
     port = args.port or free_port()
-    command = voila_command(app_notebook(), port, open_browser=not args.no_browser)
-    environment = dict(os.environ, HESSVIEW_DEMO=args.name)
-    print(
-        f"hessview: serving the {args.name!r} explorer at http://127.0.0.1:{port}/ (Ctrl+C to stop)",
-        flush=True,
-    )
+    command = voila_command(notebook, port, open_browser=not args.no_browser)
+    print(f"hessview: serving the {what} at http://127.0.0.1:{port}/ (Ctrl+C to stop)", flush=True)
     server = subprocess.Popen(command, env=environment)
     signal.signal(signal.SIGTERM, _interrupt)  # a terminated CLI must not leave Voila running
     try:
@@ -150,6 +212,33 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         return 0
+
+
+def _prepare_own_model(args, environment: dict) -> tuple[Path, str, dict]:
+    """Check the user's files, compute the explorer's results once; the notebook and its environment."""
+    from hessview.app.own import prepare
+
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)  # MODULE:CLASS is importable from the current folder, here and in Voila
+    paths = {
+        name: os.path.abspath(value) if value is not None else None
+        for name, value in (("toolbox", args.toolbox), ("data", args.data), ("weights", args.weights))
+    }
+    print(f"hessview: preparing the explorer of {args.model} with {paths['toolbox']}", flush=True)
+    try:
+        prepare(paths["toolbox"], args.model, paths["data"], paths["weights"], progress=True)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"hessview: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    environment.update(
+        HESSVIEW_TOOLBOX=paths["toolbox"],
+        HESSVIEW_MODEL=args.model,
+        HESSVIEW_DATA=paths["data"] or "",
+        HESSVIEW_WEIGHTS=paths["weights"] or "",
+        PYTHONPATH=os.pathsep.join(p for p in (here, environment.get("PYTHONPATH", "")) if p),
+    )
+    return app_notebook(OWN_MODEL_NOTEBOOK), f"explorer of {args.model}", environment
 
 
 def _interrupt(signum, frame) -> None:

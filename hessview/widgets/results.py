@@ -137,10 +137,10 @@ class ExplorerResults:
             y_test=_labels(y_test, n_test, "y_test"),
             y_train=_labels(y_train, n_train, "y_train"),
             prediction=_as_numpy(toolbox.predict(X_test)).astype(np.float64),
-            influence=_as_numpy(_TEMPORARY(toolbox.influence, X_test, labels, measurement)).astype(
+            influence=_as_numpy(toolbox.influence(X_test, labels, measurement=measurement)).astype(
                 np.float64
             ),
-            relatif=_as_numpy(_TEMPORARY(toolbox.relatif, X_test, labels, measurement)).astype(np.float64),
+            relatif=_as_numpy(toolbox.relatif(X_test, labels, measurement=measurement)).astype(np.float64),
             uncertainty_mean=_as_numpy(uncertainty.mean).astype(np.float64),
             uncertainty_std=_as_numpy(uncertainty.std).astype(np.float64),
             uncertainty_lower=_as_numpy(uncertainty.lower).astype(np.float64),
@@ -299,21 +299,14 @@ class ExplorerResults:
         """
         width = self.uncertainty_upper - self.uncertainty_lower
         if not self.is_classification:
-            return int(np.argmax(width.reshape(self.n_test, -1).max(axis=1)))
+            return int(np.argmax(width.reshape(len(width), -1).max(axis=1)))
         ranked = np.sort(self.prediction, axis=1)
         gap = ranked[:, -1] - ranked[:, -2]
         predicted = np.argmax(self.prediction, axis=1)
-        predicted_width = width[np.arange(self.n_test), predicted]
+        predicted_width = width[np.arange(len(predicted)), predicted]
         return int(np.lexsort((-predicted_width, gap))[0])
 
     def decision_gap(self, index: int) -> float:
         """Probability of the predicted class minus that of the runner-up (classification)."""
         ranked = np.sort(self.prediction[index])
         return float(ranked[-1] - ranked[-2])
-
-
-def _TEMPORARY(method, X, y, measurement):  # TEMPORARY until the engine's measurement= lands: REMOVE
-    try:
-        return method(X, y, measurement=measurement)
-    except TypeError:
-        return method(X, y)

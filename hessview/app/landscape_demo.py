@@ -1,0 +1,216 @@
+"""The energy-landscape app: ready-made landscapes of two small networks, cached, in ``LandscapeExplorer``.
+
+``hessview app landscape`` serves ``notebooks/app-landscape.ipynb``, which calls
+:func:`landscape_app`. Two landscapes (Niroomand & Wales 2023, see :class:`hessview.Landscape`),
+built once in about a minute with progress bars and kept under ``$HESSVIEW_CACHE_DIR/landscape``:
+
+``"synthetic"``: six standard-normal features, class 1 inside the disc :math:`x_1^2 + x_4^2 < 1.4`:
+    only features 1 and 4 decide, so a faithful relevance ranks them first.
+``"fermi-hubbard"``: the site occupations :math:`\\langle n_i\\rangle - 1/2` of the 12-site extended
+    Fermi-Hubbard ring (exact diagonalisation, :func:`hessview.datasets.fermi_hubbard_chain`),
+    standardised, labelled Luttinger liquid (0) or charge-density wave (1).
+
+Each landscape is a SQLite database written under a temporary name and renamed when complete;
+``meta.json``, written last, records the settings, so a changed setting or an interrupted build
+rebuilds. ``quick=True`` (``hessview app landscape --quick``) builds smaller landscapes in seconds.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from hessview._io import atomic_path, cache_dir
+
+LANDSCAPES = ("synthetic", "fermi-hubbard")
+SETTINGS = {
+    "synthetic": {
+        "version": 1,
+        "n_samples": 240,
+        "n_train": 160,
+        "hidden": 3,
+        "weight_decay": 3e-3,
+        "seed": 0,
+        "n_steps": 15,
+        "temperature": 0.2,
+        "step_size": 2.0,
+    },
+    "fermi-hubbard": {
+        "version": 1,
+        "V1": [0.0, 3.0, 60],
+        "hidden": 2,
+        "weight_decay": 3e-3,
+        "seed": 0,
+        "n_steps": 8,
+        "temperature": 0.2,
+        "step_size": 2.0,
+    },
+}
+QUICK_STEPS = {"synthetic": 3, "fermi-hubbard": 2}
+TITLES = {
+    "synthetic": "Synthetic data: only features x1 and x4 decide the class",
+    "fermi-hubbard": "Fermi-Hubbard chain: which sites' densities decide LL vs CDW",
+}
+
+
+def settings(name: str, quick: bool = False) -> dict:
+    """The settings of landscape ``name`` (fewer basin-hopping steps when ``quick``)."""
+    if name not in SETTINGS:
+        raise ValueError(f"unknown landscape {name!r}; choose one of {LANDSCAPES}")
+    chosen = dict(SETTINGS[name])
+    if quick:
+        chosen["n_steps"] = QUICK_STEPS[name]
+    return chosen
+
+
+def landscape_data(name: str, chosen: dict, *, progress: bool = False) -> dict:
+    """The landscape's data: ``X``, ``y`` (training), ``X_test``, ``y_test``, feature names, lattice."""
+    if name == "synthetic":
+        rng = np.random.default_rng(chosen["seed"])
+        X = rng.normal(size=(chosen["n_samples"], 6))
+        y = (X[:, 1] ** 2 + X[:, 4] ** 2 < 1.4).astype(np.int64)
+        n = chosen["n_train"]
+        return {
+            "X": X[:n],
+            "y": y[:n],
+            "X_test": X[n:],
+            "y_test": y[n:],
+            "feature_names": [f"x{i}" for i in range(6)],
+            "lattice_shape": None,
+        }
+    from hessview.datasets import fermi_hubbard_chain
+
+    chain = fermi_hubbard_chain(np.linspace(*chosen["V1"]), progress=progress)
+    deviation = chain.density - 0.5
+    features = deviation / deviation.std()
+    return {
+        "X": features,
+        "y": chain.y,
+        "X_test": features,
+        "y_test": chain.y,
+        "feature_names": [f"site {i}" for i in range(features.shape[1])],
+        "lattice_shape": (features.shape[1],),
+    }
+
+
+def _folder(name: str, quick: bool) -> Path:
+    return cache_dir("landscape") / (f"{name}-quick" if quick else name)
+
+
+def _is_complete(folder: Path, chosen: dict) -> bool:
+    meta = folder / "meta.json"
+    if not meta.is_file() or not (folder / "landscape.sqlite").is_file():
+        return False
+    try:
+        return json.loads(meta.read_text()).get("settings") == chosen
+    except (OSError, ValueError):
+        return False
+
+
+def load_landscape(name: str, *, quick: bool = False, progress: bool = True, rebuild: bool = False):
+    """Return ``(landscape, data)`` for landscape ``name``, exploring and connecting it on first use."""
+    from hessview.landscape import Landscape
+
+    chosen = settings(name, quick)
+    folder = _folder(name, quick)
+    data = landscape_data(name, chosen, progress=progress)
+    options = dict(hidden=chosen["hidden"], weight_decay=chosen["weight_decay"], seed=chosen["seed"])
+    if rebuild or not _is_complete(folder, chosen):
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        building = folder / ".building.sqlite"
+        if progress:
+            print(f"hessview: building the {name!r} energy landscape", flush=True)
+        landscape = Landscape(data["X"], data["y"], db=building, **options)
+        landscape.explore(
+            chosen["n_steps"],
+            temperature=chosen["temperature"],
+            step_size=chosen["step_size"],
+            progress=progress,
+        )
+        landscape.connect(progress=progress)
+        landscape.close()
+        os.replace(building, folder / "landscape.sqlite")
+        with atomic_path(folder / "meta.json") as tmp:
+            tmp.write_text(json.dumps({"settings": chosen, "title": TITLES[name]}, indent=1))
+    return Landscape(data["X"], data["y"], db=folder / "landscape.sqlite", **options), data
+
+
+def build(*, quick: bool = False, progress: bool = True, rebuild: bool = False) -> None:
+    """Build (or find cached) every landscape of the app."""
+    for name in LANDSCAPES:
+        load_landscape(name, quick=quick, progress=progress, rebuild=rebuild)[0].close()
+
+
+HOW_TO_READ = [
+    "<b>The tree</b> (disconnectivity graph): every line ending at the bottom is one <i>minimum</i> of the "
+    "training loss, i.e. one way the network can be trained; its height is that minimum's loss (lower is "
+    "better). Two lines join at the height of the lowest barrier (transition state) between them.",
+    "<b>Click a minimum</b> (or pick a basin from the list). The minima that drain to the same bottom form a "
+    "basin; the panels then describe that basin.",
+    "<b>Feature relevance</b> (bars, summing to 1): how strongly each input drives the decisions of the "
+    "networks in that basin, read off the weights that stay the same across its minima (conserved weights). "
+    "A feature whose weights change from minimum to minimum, or are near zero, scores low.",
+    "<b>Conserved weights</b>: the hidden units' input weights averaged over the basin's aligned minima.",
+    "<b>Check it against what you know</b>: in the synthetic data only x1 and x4 decide the class; in the "
+    "Fermi-Hubbard chain every site is equivalent by translation symmetry, so all sites should score alike.",
+]
+
+
+def landscape_app(*, quick: bool | None = None, progress: bool = False):
+    """The landscape app: both landscapes in :class:`~hessview.widgets.landscape_explorer.LandscapeExplorer`.
+
+    ``quick`` defaults to ``$HESSVIEW_LANDSCAPE_QUICK`` (set by ``hessview app landscape --quick``).
+    The root widget has the CSS class ``hv-landscape``.
+    """
+    import ipywidgets as widgets
+
+    from hessview.widgets.landscape_explorer import LandscapeExplorer
+
+    if quick is None:
+        quick = os.environ.get("HESSVIEW_LANDSCAPE_QUICK", "") not in ("", "0")
+    intro = widgets.HTML(
+        "<h3 style='margin:4px 0'>Energy landscapes of two small networks</h3>"
+        "<div class='hv-explain'>Which inputs drive a network's decisions? Instead of one trained network, "
+        "hessview samples many minima of the training loss over the weights (basin-hopping) and joins them "
+        "by transition states (Niroomand &amp; Wales 2023). Losses are mean cross-entropy plus "
+        "weight decay, in nats per training sample.</div>"
+    )
+    how_to = widgets.Accordion(
+        children=[
+            widgets.HTML(
+                "<ol style='margin:2px 0 2px 18px;padding:0'>"
+                + "".join(f"<li>{step}</li>" for step in HOW_TO_READ)
+                + "</ol>"
+            )
+        ],
+        selected_index=None,
+    )
+    how_to.set_title(0, "How to read this")
+    how_to.add_class("hv-howto")
+    children = [intro, how_to]
+    for name in LANDSCAPES:
+        landscape, data = load_landscape(name, quick=quick, progress=progress)
+        explorer = LandscapeExplorer(
+            landscape,
+            X_test=data["X_test"],
+            y_test=data["y_test"],
+            feature_names=data["feature_names"],
+            lattice_shape=data["lattice_shape"],
+            title=TITLES[name],
+        )
+        explorer.add_class(f"hv-landscape-{name}")
+        children.append(explorer)
+        if name != LANDSCAPES[-1]:
+            children.append(widgets.HTML("<hr>"))
+    note = " (quick build: fewer basin-hopping steps)" if quick else ""
+    children.append(widgets.HTML(f"<div style='color:#666'>{html.escape(note)}</div>" if note else ""))
+    app = widgets.VBox(children)
+    app.add_class("hv-landscape")
+    return app

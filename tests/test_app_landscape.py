@@ -1,0 +1,97 @@
+"""The energy-landscape app: cached landscapes, what the app shows, and ``hessview app landscape``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import hessview.app.cli as cli
+from hessview.app import landscape_demo
+from hessview.landscape import Landscape
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("landscape-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HESSVIEW_CACHE_DIR", str(folder))
+        landscape_demo.build(quick=True, progress=False)
+        yield folder
+
+
+@pytest.fixture
+def in_cache(cache, monkeypatch):
+    monkeypatch.setenv("HESSVIEW_CACHE_DIR", str(cache))
+    return cache
+
+
+def test_app_shows_both_landscapes_under_hv_landscape(in_cache):
+    from hessview.widgets.landscape_explorer import LandscapeExplorer
+
+    app = landscape_demo.landscape_app(quick=True)
+    assert "hv-landscape" in app._dom_classes
+    explorers = [child for child in app.children if isinstance(child, LandscapeExplorer)]
+    assert [e.landscape.network.n_inputs for e in explorers] == [6, 12]
+    assert "hv-landscape-synthetic" in explorers[0]._dom_classes
+    how_to = next(child for child in app.children if "hv-howto" in child._dom_classes)
+    assert how_to.children[0].value.count("<li>") == len(landscape_demo.HOW_TO_READ)
+
+
+def test_synthetic_landscape_finds_the_deciding_features(in_cache):
+    landscape, data = landscape_demo.load_landscape("synthetic", quick=True, progress=False)
+    # ground truth by construction: the class is x1^2 + x4^2 < 1.4
+    np.testing.assert_array_equal(data["y"], (data["X"][:, 1] ** 2 + data["X"][:, 4] ** 2 < 1.4).astype(int))
+    assert set(np.argsort(landscape.feature_relevance())[::-1][:2]) == {1, 4}
+    for ts in landscape.transition_states:
+        assert int((ts.eigenvalues < 0).sum()) == 1
+
+
+def test_fermi_hubbard_landscape_reads_densities(in_cache):
+    landscape, data = landscape_demo.load_landscape("fermi-hubbard", quick=True, progress=False)
+    assert data["X"].shape == (60, 12) and data["lattice_shape"] == (12,)
+    assert set(np.unique(data["y"])) == {0, 1}
+    best = landscape.global_minimum
+    assert landscape.accuracy(data["X"], data["y"], best) > 0.9
+
+
+def test_cached_landscapes_are_read_not_rebuilt(in_cache, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the landscape was explored although it is cached")
+
+    monkeypatch.setattr(Landscape, "explore", refuse)
+    before = {
+        m.id: m.loss for m in landscape_demo.load_landscape("synthetic", quick=True, progress=False)[0].minima
+    }
+    again = landscape_demo.load_landscape("synthetic", quick=True, progress=False)[0]
+    assert {m.id: m.loss for m in again.minima} == before and before
+
+
+def test_changed_settings_or_an_interrupted_build_rebuild(tmp_path, monkeypatch):
+    monkeypatch.setenv("HESSVIEW_CACHE_DIR", str(tmp_path))
+    first = landscape_demo.load_landscape("synthetic", quick=True, progress=False)[0]
+    n_first = len(first.minima)
+    first.close()
+    folder = tmp_path / "landscape" / "synthetic-quick"
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["settings"]["n_steps"] == landscape_demo.QUICK_STEPS["synthetic"]
+    (folder / "meta.json").unlink()  # as if the build had been killed before finishing
+    calls = []
+    original = Landscape.explore
+    monkeypatch.setattr(
+        Landscape, "explore", lambda self, *a, **k: calls.append(a) or original(self, *a, **k)
+    )
+    again = landscape_demo.load_landscape("synthetic", quick=True, progress=False)[0]
+    assert len(calls) == 1 and len(again.minima) == n_first  # rebuilt from scratch, same seed
+    monkeypatch.setitem(landscape_demo.QUICK_STEPS, "synthetic", 2)
+    landscape_demo.load_landscape("synthetic", quick=True, progress=False)
+    assert len(calls) == 2
+
+
+def test_unknown_landscape_and_cli_choice():
+    with pytest.raises(ValueError, match="unknown landscape"):
+        landscape_demo.settings("mnist")
+    assert "landscape" in cli.APPS and "landscape" not in cli.DEMOS
+    args = cli.parser().parse_args(["app", "landscape", "--quick", "--no-browser"])
+    assert args.name == "landscape" and args.quick

@@ -7,7 +7,12 @@ the pytest process, shows progress and reports a failed build as such instead of
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
+
+# The landscape app notebook builds its landscapes in quick mode here (seconds instead of a minute);
+# only hessview.app.landscape_demo reads this variable.
+os.environ.setdefault("HESSVIEW_LANDSCAPE_QUICK", "1")
 
 APP_NOTEBOOK_DEMOS = {"app.ipynb": None, "app-ising.ipynb": "ising"}  # None: the app's default
 

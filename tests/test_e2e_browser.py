@@ -96,7 +96,7 @@ def demo():
 def truth(demo):
     tb = demo.toolbox
     return {
-        "influence": tb.influence(demo.X_test, demo.y_test),
+        "influence": tb.influence(demo.X_test, measurement="margin"),  # the explorer's default
         "uncertainty": tb.uncertainty(demo.X_test, demo.y_test, n_resamples=N_RESAMPLES, seed=0),
         "extrapolation": tb.extrapolation(demo.X_test),
     }
@@ -156,7 +156,9 @@ def page(app_url, tmp_path_factory):
         page = context.new_page()
         page.goto(app_url, timeout=180_000)
         page.wait_for_selector(".hv-main path.dot", timeout=180_000)
-        page.wait_for_function(ALL_PANELS_SHOW, arg=0, timeout=60_000)
+        page.wait_for_selector(".hv-opening [data-test-index]", timeout=60_000)
+        first = int(page.locator(".hv-opening [data-test-index]").get_attribute("data-test-index"))
+        page.wait_for_function(ALL_PANELS_SHOW, arg=first, timeout=60_000)
         yield page
         context.close()
 
@@ -166,16 +168,25 @@ def expected_top(row: np.ndarray, k: int) -> tuple[list[int], list[int]]:
     return [j for j in ranked if row[j] > 0][:k], [j for j in reversed(ranked) if row[j] < 0][:k]
 
 
+def opening_index(demo) -> int:
+    """Ground truth of the opening view: the test point whose two class probabilities are closest."""
+    p = np.sort(np.asarray(demo.toolbox.predict(demo.X_test)), axis=1)
+    return int(np.argmin(p[:, -1] - p[:, -2]))
+
+
 def test_main_view_shows_every_test_point(page, demo):
     assert page.locator(".hv-main path.dot").count() == len(demo.X_test)
-    assert "Test point #0" in page.locator(".hv-detail").inner_text()
+    opening = opening_index(demo)
+    assert f"Test point #{opening}" in page.locator(".hv-detail").inner_text()
+    assert "nearest the decision boundary" in page.locator(".hv-opening").inner_text()
 
 
 def test_click_updates_every_panel_to_the_clicked_point(page, demo, truth):
     clickable = page.evaluate(CLICKABLE_DOTS)
     flags = truth["extrapolation"].flag
-    # one flagged and one unflagged point when both exist, never the point already shown (0)
-    chosen = [next((i for i in clickable if flags[i] == f and i != 0), None) for f in (True, False)]
+    # one flagged and one unflagged point when both exist, never the point already shown
+    opened = opening_index(demo)
+    chosen = [next((i for i in clickable if flags[i] == f and i != opened), None) for f in (True, False)]
     chosen = [i for i in chosen if i is not None]
     assert chosen, "no test point can be clicked without hitting another"
     ARTIFACTS.mkdir(exist_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import scipy.optimize
 import torch
@@ -94,3 +96,20 @@ def auroc(positive_scores, negative_scores) -> float:
     pos = np.asarray(positive_scores)[:, None]
     neg = np.asarray(negative_scores)[None, :]
     return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
+
+
+def fit_checked(toolbox):
+    """``toolbox.fit()``, asserting that ApproximationWarning fires exactly when the low-rank complement
+    may be misrepresented by more than a factor 2 (the warning is the subject of tests/test_trust.py)."""
+    from hessview.engine.errors import ApproximationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ApproximationWarning)
+        toolbox.fit()
+    warned = any(issubclass(w.category, ApproximationWarning) for w in caught)
+    for w in caught:  # every other warning goes on to the caller (and to pytest's error filter)
+        if not issubclass(w.category, ApproximationWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    factor = toolbox.complement_factor_
+    assert warned == (factor is not None and factor > 2), (warned, factor)
+    return toolbox

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from support import fit_checked
 from torch import nn
 
 import hessview.engine.queries
@@ -21,7 +22,7 @@ def fitted(data, **kw):
     X, y = data
     torch.manual_seed(0)
     with pytest.warns(hessview.engine.toolbox.NotStationaryWarning):
-        return HessianToolbox(nn.Linear(3, 2), X, y, weight_decay=0.1, progress=False, **kw).fit()
+        return fit_checked(HessianToolbox(nn.Linear(3, 2), X, y, weight_decay=0.1, progress=False, **kw))
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(method="lowrank", rank=3)])

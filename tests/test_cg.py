@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from support import train_model
+from support import fit_checked, train_model
 from torch import nn
 
 from hessview import HessianToolbox
@@ -69,7 +69,7 @@ def test_cg_in_lowrank_mode_is_exact_not_low_rank(trained):
     """CG uses matrix-free products of the full curvature, so it matches the exact mode whatever the rank."""
     model, X, y = trained
     exact = HessianToolbox(model, X, y, weight_decay=0.05, progress=False).fit()
-    tb = HessianToolbox(model, X, y, weight_decay=0.05, method="lowrank", rank=3, progress=False).fit()
+    tb = fit_checked(HessianToolbox(model, X, y, weight_decay=0.05, method="lowrank", rank=3, progress=False))
     assert tb.damping_ == exact.damping_ == 0.0
     X_test = X[:3] - 0.2
     np.testing.assert_allclose(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from support import pearson, train_model
+from support import fit_checked, pearson, train_model
 from torch import nn
 
 import hessview
@@ -33,7 +33,7 @@ def trained():
 
 def lowrank(model, X, y, rank, **kw):
     kw.setdefault("weight_decay", WD)
-    return HessianToolbox(model, X, y, method="lowrank", rank=rank, progress=False, **kw).fit()
+    return fit_checked(HessianToolbox(model, X, y, method="lowrank", rank=rank, progress=False, **kw))
 
 
 def top_by_magnitude(eigenvalues, rank):
@@ -162,12 +162,12 @@ def test_hessian_is_unavailable_with_a_clear_error(trained):
 
 def test_auto_picks_by_memory_and_says_so(trained, monkeypatch):
     model, X, y, exact = trained
-    tb = HessianToolbox(model, X, y, weight_decay=WD, method="auto", rank=6, progress=False).fit()
+    tb = fit_checked(HessianToolbox(model, X, y, weight_decay=WD, method="auto", rank=6, progress=False))
     assert tb.method_ == "exact" and "auto" in tb.method_reason_
     torch.testing.assert_close(tb.hessian, exact.hessian)
     assert "method              exact: auto" in tb.summary()
     monkeypatch.setattr(hessview.engine.hessian, "available_memory", lambda: 10_000)
-    tb = HessianToolbox(model, X, y, weight_decay=WD, method="auto", rank=6, progress=False).fit()
+    tb = fit_checked(HessianToolbox(model, X, y, weight_decay=WD, method="auto", rank=6, progress=False))
     assert tb.method_ == "lowrank" and "GB" in tb.method_reason_
     assert "method              lowrank: auto: top 6 eigenpairs by Lanczos" in tb.summary()
     np.testing.assert_allclose(
@@ -183,14 +183,20 @@ def test_memory_guard_points_to_lowrank(trained, monkeypatch):
 
 
 def test_lowrank_damping_counts_the_complement(trained):
-    """With weight_decay 0 the complement has curvature 0: auto damping makes it invertible, and warns."""
+    """With weight_decay 0 the complement has curvature 0: auto damping makes it invertible, and warns.
+
+    (The model was trained with weight decay WD, so without it theta is not stationary either.)
+    """
     model, X, y, _ = trained
     with pytest.warns(hessview.ApproximationWarning, match="misrepresented"):
-        tb = lowrank(model, X, y, rank=5, weight_decay=0.0)
+        with pytest.warns(hessview.NotStationaryWarning):
+            tb = HessianToolbox(model, X, y, method="lowrank", rank=5, weight_decay=0.0, progress=False).fit()
     assert tb.damping_ > 0 and float((tb.eigenvalues + tb.damping_).min()) > 0
     assert tb.complement_factor_ > 2
     with pytest.raises(ValueError, match="not positive definite"):
-        lowrank(model, X, y, rank=5, weight_decay=0.0, damping=0.0)
+        HessianToolbox(
+            model, X, y, method="lowrank", rank=5, weight_decay=0.0, damping=0.0, progress=False
+        ).fit()
 
 
 def test_save_load_round_trip_lowrank(trained, tmp_path):

@@ -9,6 +9,7 @@ import torch
 from support import train_model
 from torch import nn
 
+import hessview
 import hessview.engine.hessian
 from hessview import HessianToolbox
 from hessview.engine.hessian import CurvatureTooLargeError
@@ -140,7 +141,7 @@ def test_trained_model_fits_silently_and_reports(fitted):
 def test_auto_damping_makes_a_saddle_positive_definite(data):
     X, y = data
     torch.manual_seed(4)
-    with pytest.warns(NotStationaryWarning):
+    with pytest.warns(NotStationaryWarning), pytest.warns(hessview.DampingWarning, match="38 of 38"):
         tb = make(data, model=nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2))).fit()
     lam = torch.linalg.eigvalsh(tb.hessian)
     assert tb.n_negative_ == int((lam < -1e-12).sum()) > 0

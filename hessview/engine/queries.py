@@ -11,7 +11,8 @@ per-sample training-loss gradients (kept in memory, or recomputed shard by shard
   :math:`\\lVert (C + \\delta I)^{-1} g_j \\rVert`.
 - RUE shifts (Schulam & Saria, AISTATS 2019): :math:`-(C + \\delta I)^{-1} G^T (w_b - 1) / n`.
 - Stationarity: the Newton step :math:`\\lVert (C + \\delta I)^{-1} \\nabla R \\rVert` against the typical
-  single-removal step :math:`\\operatorname{median}_j \\frac1n \\lVert (C + \\delta I)^{-1} g_j \\rVert`.
+  single-removal step, the root mean square over ``j`` of
+  :math:`\\frac1n \\lVert (C + \\delta I)^{-1} g_j \\rVert`.
 - Ranking stability: the overlap of the top-``k`` helpful and harmful sets across dampings.
 """
 

@@ -1,0 +1,323 @@
+"""Retraining without chosen training points: the ground truth that influence functions predict.
+
+The toolbox's objective without the points ``S`` is the mean over the remaining points,
+
+.. math:: R_{-S}(\\theta) = \\frac{1}{n - |S|} \\sum_{j \\notin S} L(x_j, y_j; \\theta)
+          + \\frac{w}{2} \\lVert\\theta\\rVert^2,
+
+minimised by full-batch L-BFGS (PyTorch's, strong-Wolfe line search) warm-started at the fitted
+``theta`` until :math:`\\lVert \\nabla R_{-S} \\rVert_2 \\le` ``tol``. One retraining is one call of
+:func:`retrain_theta`, a module-level function of picklable arguments, so that a ``dask.distributed``
+worker runs it as one task (:func:`retrain_many`). The model copy is evaluated under
+:data:`~hessview.engine.distributed.TRANSFORM_LOCK` (``functional_call`` swaps the copy's parameters, so two
+threads must not evaluate it at once).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from hessview.engine.distributed import TRANSFORM_LOCK, n_workers
+from hessview.engine.errors import ApproximationWarning
+from hessview.engine.losses import get_loss
+from hessview.engine.params import FlatModel
+
+# default tol: this times the median per-sample gradient norm at theta. A looser tolerance stops the
+# warm-started L-BFGS early, nearer the linear prediction, and inflates the LDS (0.83 instead of 0.80 at
+# 1e-6 on the test suite's MLP); float64 L-BFGS can stall near 1e-8 on weakly regularised networks, which
+# the ApproximationWarning then says
+DEFAULT_RTOL = 1e-8
+DEFAULT_MAXITER = 1000
+HISTORY = 20  # L-BFGS history (pairs of P-vectors)
+ESTIMATE_PRINT_SECONDS = 10.0  # print the time/memory estimate when a run is expected to take longer
+CACHE_BYTES = 2.5e8  # retrained parameter vectors kept per toolbox
+
+
+class _Converged(Exception):
+    """Raised from the L-BFGS closure once the gradient norm is below the tolerance."""
+
+
+@dataclass(frozen=True)
+class RetrainProblem:
+    """Everything a worker needs to retrain: the model copy, the training data, loss and weight decay."""
+
+    flat: FlatModel
+    X: torch.Tensor
+    y: torch.Tensor
+    loss: str
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class Retrained:
+    """One retraining: the new flat parameters, the gradient norm reached, L-BFGS iterations, convergence."""
+
+    theta: torch.Tensor
+    gradient_norm: float
+    n_iter: int
+    converged: bool
+
+
+def retrain_theta(
+    problem: RetrainProblem, keep: torch.Tensor, theta0: torch.Tensor, tol: float, maxiter: int
+) -> Retrained:
+    """Minimise :math:`R_{-S}` over the kept points ``keep`` (indices) from ``theta0`` by L-BFGS.
+
+    Stops when the gradient's 2-norm is at most ``tol``, after ``maxiter`` iterations, or when the line search
+    stalls in float64 rounding (then ``converged`` is False); returns the iterate with the smallest
+    gradient norm seen.
+    """
+    loss = get_loss(problem.loss)
+    X, y, wd, flat = problem.X[keep], problem.y[keep], problem.weight_decay, problem.flat
+    param = theta0.detach().clone().requires_grad_(True)
+    best = {"norm": math.inf, "theta": param.detach().clone()}
+    if maxiter < 1:
+        raise ValueError(f"maxiter must be at least 1, not {maxiter}")
+
+    def closure():
+        param.grad = None
+        with TRANSFORM_LOCK, torch.enable_grad():
+            value = loss.per_sample(flat(param, X), y).mean() + wd / 2 * (param @ param)
+            value.backward()
+        norm = float(param.grad.norm())
+        if norm < best["norm"]:
+            best["norm"], best["theta"] = norm, param.detach().clone()
+        if norm <= tol:
+            raise _Converged
+        return value
+
+    n_iter, previous = 0, math.inf
+    closure_value = closure  # the first call also records the starting point's gradient norm
+    try:
+        closure_value()
+    except _Converged:
+        return Retrained(best["theta"], best["norm"], 0, True)
+    # PyTorch's L-BFGS ends early when its direction stops descending (stale curvature pairs) or the line
+    # search stalls: restart it from the best point with a fresh history while that still helps
+    while n_iter < maxiter and best["norm"] > tol and best["norm"] < 0.5 * previous:
+        previous = best["norm"]
+        with torch.no_grad():
+            param.copy_(best["theta"])
+        optimiser = torch.optim.LBFGS(
+            [param],
+            lr=1.0,
+            max_iter=maxiter - n_iter,
+            max_eval=int((maxiter - n_iter) * 1.5) + 1,
+            tolerance_grad=0.0,
+            tolerance_change=0.0,
+            history_size=HISTORY,
+            line_search_fn="strong_wolfe",
+        )
+        try:
+            optimiser.step(closure)
+        except _Converged:
+            pass
+        n_iter += max(1, int(optimiser.state[param].get("n_iter", 0)))
+    return Retrained(best["theta"], best["norm"], n_iter, best["norm"] <= tol)
+
+
+def keep_indices(remove, n: int) -> torch.Tensor:
+    """The kept indices (sorted, int64) for ``remove``: indices or a boolean mask of length ``n``.
+
+    >>> keep_indices([3, 0], 5).tolist()
+    [1, 2, 4]
+    >>> keep_indices(np.array([True, False, False]), 3).tolist()
+    [1, 2]
+    """
+    if isinstance(remove, torch.Tensor):
+        remove = remove.detach().cpu().numpy()
+    if isinstance(remove, (int, np.integer)) and not isinstance(remove, bool):
+        remove = [remove]
+    try:
+        arr = np.asarray(remove)
+    except Exception as err:  # ragged or odd objects
+        raise TypeError(f"remove must be indices or a boolean mask, not {type(remove).__name__}") from err
+    if arr.ndim != 1:
+        raise ValueError(f"remove must be one-dimensional (indices or a mask), not of shape {arr.shape}")
+    if arr.dtype == bool:
+        if arr.shape[0] != n:
+            raise ValueError(f"a boolean mask remove must have length n_train = {n}, not {arr.shape[0]}")
+        removed = np.flatnonzero(arr)
+    elif arr.size == 0:
+        removed = np.zeros(0, dtype=np.int64)
+    elif np.issubdtype(arr.dtype, np.integer):
+        removed = arr.astype(np.int64)
+        if removed.min() < 0 or removed.max() >= n:
+            bad = removed[(removed < 0) | (removed >= n)][:5].tolist()
+            raise ValueError(f"remove holds indices outside [0, {n - 1}]: {bad}")
+        if np.unique(removed).size != removed.size:
+            raise ValueError("remove holds repeated indices")
+    else:
+        raise TypeError(f"remove must hold integer indices or booleans, not {arr.dtype}")
+    mask = np.ones(n, dtype=bool)
+    mask[removed] = False
+    if not mask.any():
+        raise ValueError("remove would leave no training point to retrain on")
+    return torch.from_numpy(np.flatnonzero(mask))
+
+
+def default_tol(median_sample_gradient_norm: float) -> float:
+    """``1e-8`` times the median per-sample gradient norm (a scale of the data's pull on ``theta``)."""
+    return DEFAULT_RTOL * max(median_sample_gradient_norm, 1e-300)
+
+
+def check_tol_maxiter(tol, maxiter) -> None:
+    """Refuse a non-positive tolerance or iteration count."""
+    if tol is not None and (
+        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol <= 0
+    ):
+        raise ValueError(f"tol must be a finite number > 0 or None, not {tol!r}")
+    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
+        raise ValueError(f"maxiter must be an integer >= 1, not {maxiter!r}")
+
+
+def module_at(flat: FlatModel, theta: torch.Tensor) -> nn.Module:
+    """A new copy of ``flat.module`` (eval mode, same dtype) whose trainable parameters are ``theta``."""
+    module = copy.deepcopy(flat.module).eval()
+    values = flat.unflatten(theta.detach())
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name in values:
+                param.copy_(values[name])
+    return module
+
+
+def _graph_bytes(problem: RetrainProblem, theta: torch.Tensor) -> int:
+    """Bytes autograd saves for one full-batch pass (the activations a retraining holds)."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    param = theta.detach().clone().requires_grad_(True)
+    with TRANSFORM_LOCK, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        get_loss(problem.loss).per_sample(problem.flat(param, problem.X), problem.y).mean()
+    return total[0]
+
+
+def estimate_text(n_tasks: int, seconds_one: float, workers: int, memory: float, what: str) -> str:
+    """One line: the number of retrainings, the measured time of one, the total, the memory of one.
+
+    >>> estimate_text(50, 0.2, 1, 2e6, "LDS")
+    'LDS: 50 retrainings x 0.2 s (the first, measured) on 1 worker ~ 10 s; ~2 MB per retraining'
+    """
+    total = n_tasks * seconds_one / max(1, workers)
+    plural = "worker" if workers == 1 else "workers"
+    return (
+        f"{what}: {n_tasks} retrainings x {seconds_one:.2g} s (the first, measured) on {workers} {plural} "
+        f"~ {total:.3g} s; ~{memory / 1e6:.3g} MB per retraining"
+    )
+
+
+def retrain_many(
+    problem: RetrainProblem,
+    keeps: Sequence[torch.Tensor],
+    theta0: torch.Tensor,
+    tol: float,
+    maxiter: int,
+    *,
+    client=None,
+    progress: bool = True,
+    what: str = "retraining",
+    max_seconds: float | None = None,
+    announce: bool = False,
+    cache: dict | None = None,
+) -> list[Retrained]:
+    """Retrain once per kept-index set, in process or one ``client`` task each, in the order given.
+
+    The first retraining runs alone and is timed; the estimate (retrainings x that time / workers, and the
+    memory of one) is printed when it exceeds ``ESTIMATE_PRINT_SECONDS`` (always with ``announce``) and,
+    when it exceeds ``max_seconds``, the run stops with a ValueError before the others start. Results
+    already in ``cache`` (a dict keyed by the kept indices, the tolerance and ``maxiter``) are reused. Warns
+    with :class:`ApproximationWarning` when a retraining stops above ``tol``.
+    """
+    keys = [(keep.numpy().tobytes(), float(tol), int(maxiter)) for keep in keeps]
+    results: list[Retrained | None] = [None] * len(keeps)
+    if cache is not None:
+        for i, key in enumerate(keys):
+            results[i] = cache.get(key)
+    todo = [i for i, r in enumerate(results) if r is None]
+    if todo:
+        workers = 1 if client is None else n_workers(client)
+        remote = None if client is None else client.scatter(problem, broadcast=True)
+
+        def run_one(i):
+            if client is None:
+                return retrain_theta(problem, keeps[i], theta0, tol, maxiter)
+            return client.submit(retrain_theta, remote, keeps[i], theta0, tol, maxiter, pure=False).result()
+
+        bar = tqdm(total=len(todo), desc=what, disable=not progress, leave=False)
+        start = time.perf_counter()
+        results[todo[0]] = run_one(todo[0])
+        bar.update()
+        seconds = time.perf_counter() - start
+        rest = len(todo) - 1
+        if rest:
+            memory = (
+                _graph_bytes(problem, theta0) + (2 * HISTORY + 4) * theta0.numel() * theta0.element_size()
+            )
+            text = estimate_text(len(todo), seconds, workers, memory, what)
+            expected = rest * seconds / workers
+            if max_seconds is not None and expected > max_seconds:
+                bar.close()
+                raise ValueError(
+                    f"{text}: over max_seconds={max_seconds:g}. Raise max_seconds, lower n_subsets, or pass "
+                    "client= (a dask.distributed.Client) to retrain in parallel"
+                )
+            if announce or expected > ESTIMATE_PRINT_SECONDS:
+                print(text, flush=True)
+            if client is None:
+                for i in todo[1:]:
+                    results[i] = run_one(i)
+                    bar.update()
+            else:
+                from distributed import as_completed
+
+                futures = {
+                    client.submit(retrain_theta, remote, keeps[i], theta0, tol, maxiter, pure=False): i
+                    for i in todo[1:]
+                }
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    future.release()
+                    bar.update()
+        bar.close()
+        if cache is not None:
+            _store(cache, {keys[i]: results[i] for i in todo})
+    failed = [r for r in results if not r.converged]
+    if failed:
+        worst = max(r.gradient_norm for r in failed)
+        warnings.warn(
+            f"{len(failed)} of {len(results)} retrainings stopped above the gradient tolerance {tol:.3g} "
+            f"(largest gradient norm reached {worst:.3g}); raise maxiter={maxiter} or tol",
+            ApproximationWarning,
+            stacklevel=3,
+        )
+    return results
+
+
+def _store(cache: dict, new: dict) -> None:
+    """Add ``new`` to ``cache``, dropping the oldest entries beyond ``CACHE_BYTES`` of parameters."""
+    cache.update(new)
+    if not cache:
+        return
+    each = next(iter(cache.values())).theta.numel() * 8
+    while len(cache) > 1 and len(cache) * each > CACHE_BYTES:
+        cache.pop(next(iter(cache)))
+
+
+def measure(problem: RetrainProblem, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, measurement: str):
+    """Per-sample ``measurement`` of the model at ``theta`` on ``(X, y)`` (a tensor ``(n,)``)."""
+    with TRANSFORM_LOCK, torch.no_grad():
+        return get_loss(problem.loss).measure(problem.flat(theta, X), y, measurement)

@@ -1,0 +1,375 @@
+"""Retraining, group effects, the LDS and tuned damping against retraining written in plain torch/SciPy."""
+
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from support import train_model
+from torch import nn
+
+from hessview import ApproximationWarning, HessianToolbox
+from hessview.evaluation import lds
+
+WD = 1e-2
+WD_MLP = 3e-2  # strong enough that the retrained subsets stay in theta's basin
+
+
+# ---------------------------------------------------------------- oracles (plain torch and SciPy)
+def linear_logits(theta, X, d):
+    W, b = theta[: 2 * d].view(2, d), theta[2 * d : 2 * d + 2]
+    return X @ W.T + b
+
+
+def mlp_logits(theta, X, hidden=6):
+    d = X.shape[1]
+    sizes = [hidden * d, hidden, 2 * hidden, 2]
+    W1, b1, W2, b2 = torch.split(theta, sizes)
+    return torch.tanh(X @ W1.view(hidden, d).T + b1) @ W2.view(2, hidden).T + b2
+
+
+def scipy_minimise(logits, X, y, wd, theta0):
+    """Full-batch L-BFGS-B (SciPy) on mean cross-entropy + wd/2 ||theta||^2, to a tight gradient."""
+
+    def fun(x):
+        t = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+        value = F.cross_entropy(logits(t, X), y) + wd / 2 * t @ t
+        value.backward()
+        return float(value.detach()), t.grad.numpy()
+
+    res = scipy.optimize.minimize(
+        fun,
+        np.asarray(theta0, dtype=np.float64),
+        jac=True,
+        method="L-BFGS-B",
+        options={"gtol": 1e-13, "ftol": 0.0, "maxiter": 20000, "maxcor": 30},
+    )
+    return torch.tensor(res.x, dtype=torch.float64)
+
+
+def flat_params(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def loss_and_margin(logits, y):
+    loss = F.cross_entropy(logits, y, reduction="none")
+    margin = logits[torch.arange(len(y)), y] - logits[torch.arange(len(y)), 1 - y]  # two classes
+    return loss.numpy(), margin.numpy()
+
+
+# ---------------------------------------------------------------- problems
+@pytest.fixture(scope="module")
+def logistic():
+    """L2 logistic regression on 150 noisy points in 4 dimensions (convex: one minimum)."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 150, 4
+    X = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w = torch.tensor([1.5, -1.0, 0.5, 0.0], dtype=torch.float64)
+    y = ((X @ w + 0.8 * torch.randn(n, generator=g, dtype=torch.float64)) > 0).long()
+    X_test = torch.randn(20, d, generator=g, dtype=torch.float64)
+    y_test = ((X_test @ w) > 0).long()
+    torch.manual_seed(0)
+    model = train_model(nn.Linear(d, 2), X, y, weight_decay=WD)
+    tb = HessianToolbox(model, X, y, weight_decay=WD, progress=False).fit()
+    return tb, model, X, y, X_test, y_test
+
+
+def mlp_problem(seed=3, n=80):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n + 30, 2, generator=g, dtype=torch.float64)
+    noise = 0.5 * torch.randn(n + 30, generator=g, dtype=torch.float64)
+    y = (X[:, 0] * X[:, 1] + 0.7 * X[:, 0] + noise > 0).long()
+    torch.manual_seed(seed)
+    model = train_model(
+        nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 2)), X[:n], y[:n], weight_decay=WD_MLP
+    )
+    return model, X[:n], y[:n], X[n:], y[n:]
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None, silence_logs=40
+    )
+    with distributed.Client(cluster) as c:
+        c.run(torch.set_num_threads, 1)
+        yield c
+    cluster.close()
+
+
+# ---------------------------------------------------------------- retrain
+def test_retrain_equals_independent_lbfgs(logistic):
+    tb, model, X, y, _, _ = logistic
+    before = flat_params(model).clone()
+    remove = [0, 5, 7, 100]
+    retrained = tb.retrain(remove, tol=1e-9)  # float64 L-BFGS stalls near 1e-9 here
+    keep = torch.tensor([i for i in range(len(y)) if i not in remove])
+    d = X.shape[1]
+    # cold start from zero: the convex objective has one minimum
+    oracle = scipy_minimise(lambda t, Z: linear_logits(t, Z, d), X[keep], y[keep], WD, np.zeros(2 * d + 2))
+    np.testing.assert_allclose(flat_params(retrained).numpy(), oracle.numpy(), rtol=0, atol=1e-6)
+    assert isinstance(retrained, nn.Linear) and retrained is not model and not retrained.training
+    assert retrained.weight.dtype == torch.float64
+    torch.testing.assert_close(flat_params(model), before, rtol=0, atol=0)  # the caller's model untouched
+    # the retrained model really moved: the removal matters at this tolerance
+    assert float((flat_params(retrained) - before).abs().max()) > 1e-4
+
+
+def test_retrain_warns_with_the_gradient_norm_when_not_converged(logistic):
+    tb = logistic[0]
+    with pytest.warns(ApproximationWarning, match="largest gradient norm reached"):
+        tb.retrain(np.arange(40), tol=1e-14, maxiter=2)
+
+
+@pytest.mark.parametrize(
+    ("remove", "error", "match"),
+    [
+        ([150], ValueError, "outside"),
+        ([-1], ValueError, "outside"),
+        ([3, 3], ValueError, "repeated"),
+        (np.ones(150, dtype=bool), ValueError, "no training point"),
+        (np.ones(10, dtype=bool), ValueError, "length"),
+        ([0.5], TypeError, "integer"),
+        (np.zeros((2, 2), dtype=int), ValueError, "one-dimensional"),
+    ],
+)
+def test_retrain_refuses_bad_removals(logistic, remove, error, match):
+    with pytest.raises(error, match=match):
+        logistic[0].retrain(remove)
+
+
+# ---------------------------------------------------------------- group effects
+def test_actual_effect_and_group_influence_against_independent_retraining(logistic):
+    """Top-10 helpful points: the Newton-step estimate has the sign and, within 30%, the size of the truth."""
+    tb, _, X, y, X_test, y_test = logistic
+    d = X.shape[1]
+    logits = lambda t, Z: linear_logits(t, Z, d)  # noqa: E731
+    full = scipy_minimise(logits, X, y, WD, np.zeros(2 * d + 2))
+    base_loss, base_margin = loss_and_margin(logits(full, X_test), y_test)
+    influence = tb.influence(X_test, y_test)
+    errors, ratios = [], []
+    for i in range(len(y_test)):
+        top = np.argsort(-influence[i])[:10]
+        keep = torch.from_numpy(np.setdiff1d(np.arange(len(y)), top))
+        theta = scipy_minimise(logits, X[keep], y[keep], WD, full.numpy())
+        loss, margin = loss_and_margin(logits(theta, X_test[i : i + 1]), y_test[i : i + 1])
+        truth = {"loss": loss[0] - base_loss[i], "margin": -(margin[0] - base_margin[i])}
+        for measurement, actual in truth.items():
+            args = (X_test[i : i + 1], y_test[i : i + 1])
+            measured = tb.actual_effect(*args, remove=top, measurement=measurement, tol=1e-9)[0]
+            assert measured == pytest.approx(actual, rel=1e-4, abs=1e-8)
+            predicted = tb.group_influence(*args, remove=top, measurement=measurement)[0]
+            assert actual > 0 and predicted > 0  # helpful points: removing them raises loss, lowers margin
+            errors.append(abs(predicted - actual) / actual)
+            first = tb.group_influence(*args, remove=top, measurement=measurement, order=1)[0]
+            ratios.append(first / actual)
+        assert tb.group_influence(*args, remove=top, order=1)[0] == pytest.approx(influence[i, top].sum())
+    # the loss of a confidently classified point is exponential in its margin: there a 15% error of the
+    # Newton step in the margin's change (within 30% above) grows larger, so the loss's size is checked on
+    # the points not deep in saturation (loss >= 0.01; 16 of the 20); the sign above on all
+    saturated = np.repeat(base_loss < 0.01, 2) & np.tile([True, False], len(y_test))
+    assert max(np.array(errors)[~saturated]) <= 0.3, errors
+    assert np.median(ratios) < 0.7  # the first-order sum underestimates the group effect (Koh et al. 2019)
+
+
+def test_group_influence_refuses_bad_order(logistic):
+    tb, *_ = logistic
+    with pytest.raises(ValueError, match="order"):
+        tb.group_influence(logistic[4][:1], remove=[0], order=3)
+    assert tb.group_influence(logistic[4][:2], remove=[]).tolist() == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------- LDS
+def test_lds_on_logistic_regression_against_independent_pieces(logistic):
+    tb, _, X, y, X_test, y_test = logistic
+    result = lds(tb, X_test, y_test, n_subsets=12, alpha=0.5, seed=1)
+    assert result.score >= 0.9
+    assert result.actual.shape == result.predicted.shape == (12, 20)
+    assert result.subsets.shape == (12, 150) and (result.subsets.sum(axis=1) == 75).all()
+    # predicted: first-order influences from an autograd Hessian, summed over the removed points
+    d, n = X.shape[1], len(y)
+    theta = tb.theta.clone()
+
+    def objective(t):
+        return F.cross_entropy(linear_logits(t, X, d), y) + WD / 2 * t @ t
+
+    H = torch.autograd.functional.hessian(objective, theta)
+    G = torch.stack(
+        [
+            torch.func.grad(lambda t, i=i: F.cross_entropy(linear_logits(t, X[i : i + 1], d), y[i : i + 1]))(
+                theta
+            )
+            for i in range(n)
+        ]
+    )
+    G_test = torch.stack(
+        [
+            torch.func.grad(
+                lambda t, i=i: F.cross_entropy(linear_logits(t, X_test[i : i + 1], d), y_test[i : i + 1])
+            )(theta)
+            for i in range(len(y_test))
+        ]
+    )
+    change = torch.linalg.solve(H, G.T).T / n  # theta_-j - theta to first order
+    removed = torch.from_numpy((~result.subsets).astype(np.float64))
+    np.testing.assert_allclose(result.predicted, (removed @ change @ G_test.T).numpy(), rtol=1e-8, atol=1e-14)
+    # actual: subset 0 retrained by SciPy
+    keep = torch.from_numpy(np.flatnonzero(result.subsets[0]))
+    retrained = scipy_minimise(lambda t, Z: linear_logits(t, Z, d), X[keep], y[keep], WD, theta.numpy())
+    after, _ = loss_and_margin(linear_logits(retrained, X_test, d), y_test)
+    before, _ = loss_and_margin(linear_logits(theta, X_test, d), y_test)
+    np.testing.assert_allclose(result.actual[0], after - before, rtol=1e-4, atol=1e-9)
+    # the score: SciPy's Spearman per test point, then the mean
+    spearman = [scipy.stats.spearmanr(result.predicted[:, i], result.actual[:, i])[0] for i in range(20)]
+    np.testing.assert_allclose(result.per_test, spearman, rtol=1e-12)
+    assert result.score == pytest.approx(np.mean(spearman))
+
+
+def test_lds_refuses_bad_arguments(logistic):
+    tb, *_, X_test, y_test = logistic
+    for kwargs, match in [
+        ({"n_subsets": 2}, "n_subsets"),
+        ({"alpha": 1.0}, "alpha"),
+        ({"measurement": "accuracy"}, "measurement"),
+        ({"tol": -1.0}, "tol"),
+        ({"seed": -1}, "seed"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            lds(tb, X_test, y_test, **kwargs)
+
+
+def test_lds_on_dask_equals_in_process(logistic, client):
+    _, model, X, y, X_test, y_test = logistic
+    results = []
+    for c in (None, client):  # fresh toolboxes: retrainings are cached per toolbox
+        tb = HessianToolbox(model, X, y, weight_decay=WD, progress=False).fit()
+        results.append(lds(tb, X_test, y_test, n_subsets=8, measurement="margin", client=c))
+    local, remote = results
+    assert remote.score == pytest.approx(local.score, abs=1e-10)
+    np.testing.assert_allclose(remote.actual, local.actual, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(remote.predicted, local.predicted, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------- tune_damping
+def brute_force_holdout_lds(model_logits, X, y, theta, subsets, holdout, dampings):
+    """Hold-out LDS per damping from an autograd Hessian, per-sample gradients and SciPy retraining."""
+    n = len(y)
+
+    def objective(t):
+        return F.cross_entropy(model_logits(t, X), y) + WD_MLP / 2 * t @ t
+
+    H = torch.autograd.functional.hessian(objective, theta)
+    G = torch.stack(
+        [
+            torch.func.grad(lambda t, i=i: F.cross_entropy(model_logits(t, X[i : i + 1]), y[i : i + 1]))(
+                theta
+            )
+            for i in range(n)
+        ]
+    )
+    Xh, yh = X[holdout], y[holdout]
+    before = F.cross_entropy(model_logits(theta, Xh), yh, reduction="none")
+    actual = []
+    for mask in subsets:
+        keep = torch.from_numpy(np.flatnonzero(mask))
+        retrained = scipy_minimise(model_logits, X[keep], y[keep], WD_MLP, theta.numpy())
+        actual.append((F.cross_entropy(model_logits(retrained, Xh), yh, reduction="none") - before).numpy())
+    actual = np.array(actual)
+    removed = torch.from_numpy((~subsets).astype(np.float64))
+    scores = {}
+    eye = torch.eye(len(theta), dtype=torch.float64)
+    for delta in dampings:
+        change = torch.linalg.solve(H + delta * eye, G.T).T / n
+        predicted = (removed @ change @ G[holdout].T).numpy()
+        rho = [scipy.stats.spearmanr(predicted[:, i], actual[:, i])[0] for i in range(len(holdout))]
+        scores[delta] = float(np.nanmean(rho))
+    return scores
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return mlp_problem()
+
+
+def test_tune_damping_picks_the_brute_force_best_and_beats_the_automatic_rule(mlp, capsys):
+    model, X, y, X_test, y_test = mlp
+    tb = HessianToolbox(model, X, y, weight_decay=WD_MLP, progress=False).fit()
+    auto_delta = tb.damping_
+    auto_test = lds(tb, X_test, y_test, n_subsets=8, seed=5, alpha=0.8).score
+    tb.tune_damping(n_subsets=10, holdout=0.25, seed=0, alpha=0.8)
+    assert "tune_damping retrainings: 10 retrainings x" in capsys.readouterr().out  # the estimate, printed
+    grid = sorted(tb.damping_scores_)
+    assert 0.0 in grid or tb.lambda_min_ <= 0
+    assert any(g == pytest.approx(auto_delta) for g in grid)
+    brute = brute_force_holdout_lds(
+        mlp_logits, X, y, tb.theta, tb.damping_subsets_, tb.damping_holdout_, grid
+    )
+    for delta in grid:  # the toolbox's hold-out scores are the brute-force ones
+        assert tb.damping_scores_[delta] == pytest.approx(brute[delta], abs=0.005)
+    assert brute[tb.damping_] >= max(brute.values()) - 0.01
+    assert tb.tuned_lds_ == tb.damping_scores_[tb.damping_]
+    assert "hold-out LDS" in tb.damping_reason_ and f"{tb.damping_:.3g}" in tb.damping_reason_
+    tuned_test = lds(tb, X_test, y_test, n_subsets=8, seed=5, alpha=0.8).score
+    assert tuned_test >= auto_test - 1e-12
+
+
+def test_tune_damping_is_deterministic_and_the_same_on_dask(mlp, client):
+    model, X, y, *_ = mlp
+    runs = []
+    for c in (None, None, client):
+        tb = HessianToolbox(model, X, y, weight_decay=WD_MLP, progress=False).fit()
+        runs.append(tb.tune_damping(n_subsets=6, holdout=20, seed=4, alpha=0.7, client=c))
+    for other in runs[1:]:
+        assert other.damping_ == runs[0].damping_
+        assert list(other.damping_scores_) == list(runs[0].damping_scores_)
+        np.testing.assert_allclose(
+            list(other.damping_scores_.values()), list(runs[0].damping_scores_.values()), rtol=0, atol=1e-10
+        )
+
+
+def test_tuned_damping_is_unaffected_by_the_units_of_a_feature():
+    """Feature 2 in other units (x100): without weight decay the problem is the same up to the units."""
+    g = torch.Generator().manual_seed(7)
+    n = 120
+    X = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = (
+        (
+            X @ torch.tensor([1.0, -0.5, 0.8], dtype=torch.float64)
+            + torch.randn(n, generator=g, dtype=torch.float64)
+        )
+        > 0
+    ).long()
+    scores = []
+    for scale in (1.0, 100.0):
+        Xs = X.clone()
+        Xs[:, 2] *= scale
+        torch.manual_seed(0)
+        model = train_model(nn.Linear(3, 2), Xs, y, weight_decay=0.0)
+        tb = HessianToolbox(model, Xs, y, weight_decay=0.0, progress=False).fit()
+        auto = tb.damping_
+        tb.tune_damping(n_subsets=10, seed=0)
+        scores.append((tb.tuned_lds_, tb.damping_scores_[auto]))
+    (tuned, auto_unscaled), (tuned_scaled, auto_scaled) = scores
+    assert abs(tuned_scaled - tuned) <= 0.02
+    assert auto_unscaled - auto_scaled > 0.02  # the max|lambda| rule does depend on the units
+
+
+def test_tune_damping_refuses_over_its_time_budget_and_bad_arguments(mlp):
+    model, X, y, *_ = mlp
+    tb = HessianToolbox(model, X, y, weight_decay=WD_MLP, progress=False).fit()
+    before = tb.damping_
+    with pytest.raises(ValueError, match="max_seconds"):
+        tb.tune_damping(n_subsets=5, max_seconds=1e-9)
+    assert tb.damping_ == before
+    for kwargs, match in [
+        ({"holdout": 0}, "holdout"),
+        ({"holdout": 1.5}, "holdout"),
+        ({"grid": [-1.0]}, "grid"),
+        ({"grid": []}, "grid"),
+        ({"alpha": 0}, "alpha"),
+        ({"max_seconds": 0}, "max_seconds"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            tb.tune_damping(**kwargs)

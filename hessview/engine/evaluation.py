@@ -25,7 +25,7 @@ import torch
 from scipy.stats import rankdata
 
 from hessview.engine.distributed import check_client
-from hessview.engine.losses import check_measurement, get_loss
+from hessview.engine.losses import check_measurement
 from hessview.engine.retrain import DEFAULT_MAXITER, check_tol_maxiter
 
 SIGN = {"loss": 1.0, "margin": -1.0}  # influence of a measurement = SIGN * its predicted removal change
@@ -162,7 +162,7 @@ def lds(
     n_subsets = check_count("n_subsets", n_subsets, 3)
     alpha = check_fraction("alpha", alpha)
     seed = check_count("seed", seed, 0)
-    check_measurement(get_loss(toolbox.loss), measurement)
+    check_measurement(toolbox.loss_fn, measurement)
     check_client(client)
     check_tol_maxiter(tol, maxiter)
     n = toolbox.n_train
@@ -171,7 +171,7 @@ def lds(
     X = toolbox._inputs(X_test)
     labels = toolbox._labels(X, y_test)
     subsets = draw_subsets(np.arange(n), n, n_subsets, alpha, np.random.default_rng(seed))
-    influence = toolbox._measurement_influence(X, labels, measurement)
+    influence = toolbox._gt_influence(X, labels, measurement)
     predicted = SIGN[measurement] * (~subsets).astype(influence.dtype) @ influence.T
     tol = toolbox._retrain_tol(tol)
     results = toolbox._retrain_results(
@@ -182,8 +182,8 @@ def lds(
         progress=toolbox.progress if progress is None else progress,
         what="LDS retrainings",
     )
-    base = toolbox._measure(toolbox.theta, X, labels, measurement)
-    actual = np.stack([toolbox._measure(r.theta, X, labels, measurement) - base for r in results])
+    base = toolbox._gt_measure(toolbox.theta, X, labels, measurement)
+    actual = np.stack([toolbox._gt_measure(r.theta, X, labels, measurement) - base for r in results])
     per_test = spearman_columns(predicted, actual)
     return LDSResult(
         score=mean_score(per_test),

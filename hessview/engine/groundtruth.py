@@ -18,8 +18,8 @@ from torch import nn
 
 from hessview.engine.distributed import LocalBackend, check_client, make_shards
 from hessview.engine.evaluation import SIGN
-from hessview.engine.hessian import default_chunks, per_sample_gradients
-from hessview.engine.losses import check_measurement, get_loss
+from hessview.engine.hessian import default_chunks
+from hessview.engine.losses import check_measurement
 from hessview.engine.retrain import (
     DEFAULT_MAXITER,
     Retrained,
@@ -37,7 +37,7 @@ class GroundTruthMixin:
     """Methods of :class:`~hessview.engine.toolbox.HessianToolbox` that compare influence with retraining."""
 
     # ------------------------------------------------------------------ helpers
-    def _retrain_problem(self) -> RetrainProblem:
+    def _gt_problem(self) -> RetrainProblem:
         return RetrainProblem(self.flat, self.X_train, self.y_train, self.loss, self.weight_decay)
 
     def _retrain_tol(self, tol: float | None) -> float:
@@ -57,7 +57,7 @@ class GroundTruthMixin:
     ) -> list[Retrained]:
         cache = self.__dict__.setdefault("_retrained", {})
         return retrain_many(
-            self._retrain_problem(),
+            self._gt_problem(),
             keeps,
             self.theta,
             tol,
@@ -70,27 +70,16 @@ class GroundTruthMixin:
             cache=cache,
         )
 
-    def _measure(self, theta: torch.Tensor, X: torch.Tensor, labels: torch.Tensor, measurement: str):
-        return measure(self._retrain_problem(), theta, X, labels, measurement).cpu().numpy()
+    def _gt_measure(self, theta: torch.Tensor, X: torch.Tensor, labels: torch.Tensor, measurement: str):
+        return measure(self._gt_problem(), theta, X, labels, measurement).cpu().numpy()
 
-    def _measurement_gradients(self, X: torch.Tensor, labels: torch.Tensor, measurement: str) -> torch.Tensor:
-        loss = get_loss(self.loss)
+    def _gt_influence(self, X: torch.Tensor, labels: torch.Tensor, measurement: str) -> np.ndarray:
+        """``influence(X, labels, measurement=...)``: ``(s/n) grad m_i^T (C + delta I)^-1 g_j``."""
+        return self.influence(X, labels, measurement=measurement)
 
-        def value(theta, x, y):
-            return loss.measure(self.flat(theta, x.unsqueeze(0)), y.unsqueeze(0), measurement)[0]
-
-        return per_sample_gradients(value, self.theta, X, labels)
-
-    def _measurement_influence(self, X: torch.Tensor, labels: torch.Tensor, measurement: str) -> np.ndarray:
-        """``I_m[i, j] = (s/n) grad m_i^T (H + delta I)^-1 g_j`` ``(n_test, n_train)``, ``s`` = ``SIGN``."""
-        gradients = self._measurement_gradients(X, labels, measurement)
-        ihvp = self._apply_inverse(gradients.T.contiguous())
-        scores = self._train_products(ihvp).T
-        return (SIGN[measurement] / self.n_train * scores).cpu().numpy()
-
-    def _query(self, X_test, y_test, measurement: str):
+    def _gt_query(self, X_test, y_test, measurement: str):
         self._require_fit()
-        check_measurement(get_loss(self.loss), measurement)
+        check_measurement(self.loss_fn, measurement)
         X = self._inputs(X_test)
         return X, self._labels(X, y_test)
 
@@ -146,13 +135,13 @@ class GroundTruthMixin:
         ``influence`` (positive = the removed points were helpful). Labels are predicted when ``y_test`` is
         None.
         """
-        X, labels = self._query(X_test, y_test, measurement)
+        X, labels = self._gt_query(X_test, y_test, measurement)
         check_tol_maxiter(tol, maxiter)
         keep = keep_indices(remove, self.n_train)
         everything = torch.arange(self.n_train)
         base, new = self._retrain_results([everything, keep], self._retrain_tol(tol), maxiter)
-        before = self._measure(base.theta, X, labels, measurement)
-        change = self._measure(new.theta, X, labels, measurement) - before
+        before = self._gt_measure(base.theta, X, labels, measurement)
+        change = self._gt_measure(new.theta, X, labels, measurement) - before
         return SIGN[measurement] * change
 
     def group_influence(
@@ -179,13 +168,13 @@ class GroundTruthMixin:
         """
         if order not in (1, 2) or isinstance(order, bool):
             raise ValueError(f"order must be 1 (sum of influences) or 2 (Newton step), not {order!r}")
-        X, labels = self._query(X_test, y_test, measurement)
+        X, labels = self._gt_query(X_test, y_test, measurement)
         keep = keep_indices(remove, self.n_train)
         removed = np.setdiff1d(np.arange(self.n_train), keep.numpy())
         if removed.size == 0:
             return np.zeros(X.shape[0])
         if order == 1:
-            return self._measurement_influence(X, labels, measurement)[:, removed].sum(axis=1)
+            return self._gt_influence(X, labels, measurement)[:, removed].sum(axis=1)
         if self.method_ != "exact":
             raise ValueError(
                 "order=2 needs the P x P curvature (method='exact'); with method='lowrank' use order=1"
@@ -204,9 +193,9 @@ class GroundTruthMixin:
         gradient = (total - G[idx].sum(dim=0)) / (n - k) + wd * self.theta
         theta_S = self.theta - torch.linalg.solve(curvature, gradient)
         gradient_all = total / n + wd * self.theta
-        theta_0 = self.theta - self._apply_inverse(gradient_all[:, None])[:, 0]
-        before = self._measure(theta_0, X, labels, measurement)
-        change = self._measure(theta_S, X, labels, measurement) - before
+        theta_0 = self.theta - self.inverse_.apply(gradient_all[:, None])[:, 0]
+        before = self._gt_measure(theta_0, X, labels, measurement)
+        change = self._gt_measure(theta_S, X, labels, measurement) - before
         return SIGN[measurement] * change
 
     # ------------------------------------------------------------------ damping

@@ -37,20 +37,12 @@ from hessview.engine.evaluation import (
     mean_score,
     spearman_columns,
 )
-from hessview.engine.losses import check_measurement, get_loss
+from hessview.engine.losses import check_measurement
 from hessview.engine.retrain import DEFAULT_MAXITER, check_tol_maxiter
-from hessview.engine.spectrum import choose_damping
+from hessview.engine.spectrum import choose_damping, numerical_zero
 
 GRID_DECADES = 7
 GRID_PER_DECADE = 2
-
-
-def _spectrum(toolbox) -> torch.Tensor:
-    """The eigenvalues the damped inverse uses (for low-rank fits, plus the complement's ``weight_decay``)."""
-    lam = toolbox.eigenvalues
-    if toolbox.method_ != "exact":
-        lam = torch.cat([lam, lam.new_tensor([toolbox.weight_decay])])
-    return lam
 
 
 def default_grid(eigenvalues: torch.Tensor) -> list[float]:
@@ -63,7 +55,7 @@ def default_grid(eigenvalues: torch.Tensor) -> list[float]:
     """
     scale = float(eigenvalues.abs().max())
     exponents = np.linspace(-GRID_DECADES, 0, GRID_DECADES * GRID_PER_DECADE + 1)
-    auto = choose_damping(eigenvalues, "auto").delta
+    auto = choose_damping(eigenvalues, "auto", eigenvalues.numel()).delta
     # a log-spaced value within 1% of the automatic one would score the same: keep the automatic one
     values = [scale * 10.0**e for e in exponents if not math.isclose(scale * 10.0**e, auto, rel_tol=1e-2)]
     values += [auto, 0.0]
@@ -71,8 +63,7 @@ def default_grid(eigenvalues: torch.Tensor) -> list[float]:
 
 
 def _positive_definite(eigenvalues: torch.Tensor, delta: float) -> bool:
-    scale = float(eigenvalues.abs().max())
-    return float(eigenvalues.min()) + delta > eigenvalues.numel() * torch.finfo(eigenvalues.dtype).eps * scale
+    return float(eigenvalues.min()) + delta > numerical_zero(eigenvalues)
 
 
 def _check_grid(grid, eigenvalues: torch.Tensor) -> list[float]:
@@ -155,7 +146,7 @@ def tune_damping(
     alpha = check_fraction("alpha", alpha)
     n_subsets = check_count("n_subsets", n_subsets, 3)
     seed = check_count("seed", seed, 0)
-    check_measurement(get_loss(toolbox.loss), measurement)
+    check_measurement(toolbox.loss_fn, measurement)
     check_client(client)
     check_tol_maxiter(tol, maxiter)
     if isinstance(max_seconds, bool) or not isinstance(max_seconds, numbers.Real) or not max_seconds > 0:
@@ -164,7 +155,7 @@ def tune_damping(
     if n < 3:
         raise ValueError("tune_damping needs at least three training points")
     n_hold = _holdout_size(holdout, n)
-    lam = _spectrum(toolbox)
+    lam = toolbox._spectrum_for_damping()
     grid = _check_grid(grid, lam)
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
@@ -183,14 +174,14 @@ def tune_damping(
         max_seconds=float(max_seconds),
         announce=True,
     )
-    base = toolbox._measure(toolbox.theta, X_h, y_h, measurement)
-    actual = np.stack([toolbox._measure(r.theta, X_h, y_h, measurement) - base for r in results])
+    base = toolbox._gt_measure(toolbox.theta, X_h, y_h, measurement)
+    actual = np.stack([toolbox._gt_measure(r.theta, X_h, y_h, measurement) - base for r in results])
     previous = toolbox.damping
     scores, per_test = {}, {}
     try:
         for delta in grid:
             toolbox.set_damping(delta)
-            influence = toolbox._measurement_influence(X_h, y_h, measurement)
+            influence = toolbox._gt_influence(X_h, y_h, measurement)
             predicted = SIGN[measurement] * removed @ influence.T
             per_test[delta] = spearman_columns(predicted, actual)
             scores[delta] = mean_score(per_test[delta])

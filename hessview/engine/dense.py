@@ -1,0 +1,206 @@
+"""Dense curvature matrices: the exact Hessian block row by block row, and the GGN from per-sample Jacobians.
+
+**Hessian.** The parameters are split into groups ``theta_1, ..., theta_G`` (the parameter tensors of one
+module each, in registration order). The upper block triangle of :math:`H = \\nabla^2 R` is
+
+.. math:: H_{a, \\geq a} = \\partial_{\\theta_a} \\nabla_{\\theta_{\\geq a}} R,
+
+and the lower one is its transpose (:math:`H` is symmetric). Block row :math:`a` is computed by
+Hessian-vector products (forward over reverse, ``torch.func.jvp`` of ``torch.func.grad``, vmapped over the
+unit vectors of group :math:`a`; Pearlmutter, Neural Computation 6, 147 (1994)) of a function in which
+only :math:`\\theta_a` carries a tangent and only :math:`\\theta_{\\geq a}` is differentiated. Nothing is
+approximated, for any model; what it saves depends on the order of the groups. When modules are registered
+in the order they are applied (``nn.Sequential``, most models), the tangents start at module :math:`a` and
+the backward pass stops there, so the rows of early layers, whose activations are largest, do the most
+work and the rows of the head almost none. Row :math:`i` of a product-by-product Hessian instead pays a
+full forward tangent and a full backward pass through every layer for every :math:`i`.
+
+**GGN.** :math:`G = \\sum_j J_j^T H^{out}_j J_j` (scaled) is one matrix product of the per-sample output
+Jacobians :math:`J_j` (``torch.func.jacrev``, vmapped over samples) with the output Hessian applied to
+them (the :class:`~hessview.engine.losses.Loss` object's ``output_hessian_product``): the work of
+``K`` backward passes per sample for ``K`` outputs, not ``P`` curvature-vector products.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.func import functional_call, grad, jacrev, jvp, vmap
+from tqdm.auto import tqdm
+
+from hessview.engine.losses import get_loss
+from hessview.engine.params import FlatModel
+
+#: bytes of (vectors x samples x input size) per vectorised pass of the block-row Hessian
+HESSIAN_PASS_BYTES = 2e7
+#: bytes of per-sample Jacobians (samples x outputs x P) held at once for the dense GGN
+JACOBIAN_BYTES = 5e7
+
+
+def parameter_groups(flat: FlatModel) -> list[tuple[int, int]]:
+    """``(first, stop)`` ranges of ``flat``'s parameter tensors, one per module (consecutive tensors).
+
+    >>> from torch import nn
+    >>> flat = FlatModel(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), torch.float64)
+    >>> flat.names, parameter_groups(flat)
+    (['0.weight', '0.bias', '2.weight', '2.bias'], [(0, 2), (2, 4)])
+    """
+    groups: list[tuple[int, int]] = []
+    owner = None
+    for i, name in enumerate(flat.names):
+        module = name.rpartition(".")[0]
+        if groups and module == owner:
+            groups[-1] = (groups[-1][0], i + 1)
+        else:
+            groups.append((i, i + 1))
+        owner = module
+    return groups
+
+
+class _BlockRows:
+    """Products of the Hessian of ``loss_sum(flat(theta, X), y)`` restricted to one parameter group."""
+
+    def __init__(self, flat: FlatModel, loss_sum: Callable, first: int, stop: int):
+        self.flat, self.loss_sum = flat, loss_sum
+        self.first, self.stop = first, stop
+        offsets = [0]
+        for numel in flat.numels:
+            offsets.append(offsets[-1] + numel)
+        self.start, self.end = offsets[first], offsets[stop]  # the group's slice of theta
+        pieces = torch.split(flat.theta, flat.numels)
+        self.head = {flat.names[i]: pieces[i].view(flat.shapes[i]) for i in range(first)}
+        self.own = flat.theta[self.start : self.end]
+        self.tail = flat.theta[self.end :]
+
+    def _unflatten(self, vector: torch.Tensor, first: int, stop: int) -> dict[str, torch.Tensor]:
+        pieces = torch.split(vector, self.flat.numels[first:stop])
+        return {
+            self.flat.names[i]: piece.view(self.flat.shapes[i])
+            for i, piece in zip(range(first, stop), pieces, strict=True)
+        }
+
+    def _objective(self, own, tail, X, y):
+        params = {**self.head, **self._unflatten(own, self.first, self.stop), **self.flat.fixed}
+        params.update(self._unflatten(tail, self.stop, len(self.flat.names)))
+        return self.loss_sum(functional_call(self.flat.module, params, (X,)), y)
+
+    def rows(self, V: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:math:`H_{a, \\geq a}` applied to the rows of ``V`` ``(k, P_a)``: ``(k, P - start)``."""
+        if self.tail.numel():
+            gradient = grad(self._objective, argnums=(0, 1))
+
+            def product(v):
+                _, (own, tail) = jvp(lambda o: gradient(o, self.tail, X, y), (self.own,), (v,))
+                return torch.cat([own, tail])
+
+        else:
+            gradient = grad(self._objective)
+
+            def product(v):
+                return jvp(lambda o: gradient(o, self.tail, X, y), (self.own,), (v,))[1]
+
+        return vmap(product)(V).detach()
+
+
+def dense_hessian(
+    flat: FlatModel,
+    loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    row_chunk: int = 128,
+    pass_bytes: float = HESSIAN_PASS_BYTES,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Exact Hessian of ``loss_sum(flat(theta, X), y)`` in ``theta``, block row by block row.
+
+    Args:
+        flat: the model as a function of its flat parameters.
+        loss_sum: maps the outputs for ``X`` and the targets ``y`` to a scalar (a sum over samples).
+        X: the inputs, first dimension indexing samples; passes of several samples are summed.
+        y: the targets, one per sample.
+        row_chunk: unit vectors per vectorised pass.
+        pass_bytes: vectors x samples x input size x itemsize per pass (sets the samples per pass).
+        progress: show a progress bar over block rows.
+
+    Returns:
+        The symmetric ``P x P`` Hessian: block rows :math:`H_{a, \\geq a}` computed, the rest mirrored,
+        diagonal blocks symmetrised.
+
+    >>> from torch import nn
+    >>> flat = FlatModel(nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)), torch.float64)
+    >>> X, y = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64)
+    >>> def loss_sum(out, y):
+    ...     return ((out - y) ** 2).sum()
+    >>> H = dense_hessian(flat, loss_sum, X, y)
+    >>> truth = torch.autograd.functional.hessian(lambda t: loss_sum(flat(t, X), y), flat.theta)
+    >>> bool(torch.allclose(H, truth, rtol=1e-12, atol=1e-14))
+    True
+    """
+    P, n = flat.n_params, X.shape[0]
+    H = flat.theta.new_zeros((P, P))
+    if P == 0 or n == 0:
+        return H
+    row_chunk = max(1, int(row_chunk))
+    sample_bytes = max(1, X[0].numel()) * flat.theta.element_size()
+    groups = parameter_groups(flat)
+    bar = tqdm(groups, desc="Hessian block rows", disable=not progress or len(groups) == 1, leave=False)
+    for first, stop in bar:
+        block = _BlockRows(flat, loss_sum, first, stop)
+        size = block.end - block.start
+        eye = torch.eye(size, dtype=flat.theta.dtype, device=flat.theta.device)
+        for i in range(0, size, row_chunk):
+            V = eye[i : i + row_chunk]
+            samples = even_size(n, max(1, int(pass_bytes // (V.shape[0] * sample_bytes))))
+            rows = H[block.start + i : block.start + i + V.shape[0], block.start :]
+            for j in range(0, n, samples):
+                rows += block.rows(V, X[j : j + samples], y[j : j + samples])
+        diagonal = H[block.start : block.end, block.start : block.end]
+        H[block.start : block.end, block.start : block.end] = (diagonal + diagonal.T) / 2
+        H[block.end :, block.start : block.end] = H[block.start : block.end, block.end :].T
+    return H
+
+
+def dense_ggn(
+    flat: FlatModel,
+    loss,
+    X: torch.Tensor,
+    scale: float,
+    *,
+    jacobian_bytes: float = JACOBIAN_BYTES,
+) -> torch.Tensor:
+    """``scale * sum_j J_j^T H^out_j J_j`` from per-sample output Jacobians, ``loss`` a name or Loss object.
+
+    >>> X = torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=torch.float64)
+    >>> flat = FlatModel(torch.nn.Linear(2, 1, bias=False), torch.float64)  # f = x . theta, mse: G = 2 X^T X
+    >>> dense_ggn(flat, "mse", X, 1.0)
+    tensor([[ 2.,  4.],
+            [ 4., 10.]], dtype=torch.float64)
+    """
+    loss = get_loss(loss)
+    P, n, theta = flat.n_params, X.shape[0], flat.theta
+    G = theta.new_zeros((P, P))
+    if P == 0 or n == 0:
+        return G
+    jacobian = vmap(jacrev(lambda t, x: flat(t, x.unsqueeze(0))[0]), in_dims=(None, 0))
+    n_outputs = flat(theta, X[:1])[0].numel()
+    batch = max(1, int(jacobian_bytes // (n_outputs * P * theta.element_size())))
+    for i in range(0, n, batch):
+        Xb = X[i : i + batch]
+        J = jacobian(theta, Xb).detach()  # (b, *output shape, P)
+        outputs = flat(theta, Xb).detach()
+        HJ = vmap(loss.output_hessian_product, in_dims=(None, -1), out_dims=-1)(outputs, J)
+        G += J.reshape(-1, P).T @ HJ.reshape(-1, P)
+    G *= scale
+    return (G + G.T) / 2
+
+
+def even_size(n: int, most: int) -> int:
+    """The size of the fewest equal pieces of at most ``most`` covering ``n`` (no small remainder piece).
+
+    >>> even_size(10_000, 4882), even_size(2000, 976), even_size(7, 10)
+    (3334, 667, 7)
+    """
+    pieces = -(-n // max(1, most))
+    return -(-n // max(1, pieces))

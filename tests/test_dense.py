@@ -1,0 +1,190 @@
+"""Dense curvature by block rows (Hessian) and per-sample Jacobians (GGN) against plain torch.autograd."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+import hessview.engine.dense
+from hessview import HessianToolbox
+from hessview.engine.dense import dense_ggn, dense_hessian, parameter_groups
+from hessview.engine.distributed import make_shards
+from hessview.engine.params import FlatModel
+from hessview.models import CNN1D_tiny_ED, load_published_weights
+
+
+class PoolCNN(nn.Module):
+    """Conv, max-pool, ReLU, avg-pool and a linear head (every layer type of the paper's CNN)."""
+
+    def __init__(self, out=2):
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, 3, 5, padding=1)
+        self.conv2 = nn.Conv1d(3, 4, 3)
+        self.head = nn.Linear(4 * 3, out)
+
+    def forward(self, x):
+        x = F.relu(F.max_pool1d(self.conv1(x), 2))
+        x = F.relu(F.avg_pool1d(self.conv2(x), 2))
+        return self.head(x.flatten(1))
+
+
+class HeadFirst(nn.Module):
+    """Parameters registered in the reverse of the order they are used, one of them used twice, one frozen."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+        self.shared = nn.Linear(4, 4, bias=False)
+        self.first = nn.Linear(3, 4)
+        self.first.bias.requires_grad_(False)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.shared(torch.tanh(self.shared(self.first(x))))))
+
+
+def mlp(activation, out=2):
+    return nn.Sequential(nn.Linear(4, 5), activation, nn.Linear(5, 3), activation, nn.Linear(3, out))
+
+
+CASES = {
+    "tanh-mlp-ce": (lambda: mlp(nn.Tanh(), 3), (20, 4), "cross_entropy"),
+    "softplus-mlp-mse": (lambda: mlp(nn.Softplus(), 2), (20, 4), "mse"),
+    "relu-mlp-ce": (lambda: mlp(nn.ReLU()), (20, 4), "cross_entropy"),
+    "pool-cnn-ce": (PoolCNN, (15, 1, 20), "cross_entropy"),
+    "pool-cnn-mse": (lambda: PoolCNN(3), (15, 1, 20), "mse"),
+    "head-first-ce": (HeadFirst, (12, 3), "cross_entropy"),
+}
+
+
+def make_case(name, seed=0):
+    factory, shape, loss = CASES[name]
+    torch.manual_seed(seed)
+    model = factory().double()
+    X = torch.randn(*shape, dtype=torch.float64)
+    if loss == "cross_entropy":
+        y = torch.randint(0, model(X[:1]).shape[1], (shape[0],))
+    else:
+        y = torch.randn(shape[0], model(X[:1]).shape[1], dtype=torch.float64)
+    return model, X, y, loss
+
+
+def plain_loss(loss, outputs, y):
+    if loss == "cross_entropy":
+        return F.cross_entropy(outputs, y, reduction="sum")
+    return ((outputs - y) ** 2).sum()
+
+
+def plain_parameters(model, theta):
+    """The model's trainable parameters taken from a flat vector, in ``named_parameters`` order."""
+    params, start = {}, 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            params[name] = theta[start : start + p.numel()].view(p.shape)
+            start += p.numel()
+    return params
+
+
+def plain_theta(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters() if p.requires_grad])
+
+
+def autograd_hessian(model, X, y, loss, scale=1.0):
+    """Hessian of scale * sum_j L_j by torch.autograd.functional.hessian (reverse over reverse)."""
+    model = model.eval()
+
+    def objective(theta):
+        return scale * plain_loss(loss, functional_call(model, plain_parameters(model, theta), (X,)), y)
+
+    return torch.autograd.functional.hessian(objective, plain_theta(model))
+
+
+def autograd_ggn(model, X, loss, scale=1.0):
+    """scale * sum_j J_j^T A_j J_j, A_j = diag(p) - p p^T (cross-entropy) or 2 I (squared error)."""
+    model, theta = model.eval(), plain_theta(model)
+    total = torch.zeros(theta.numel(), theta.numel(), dtype=torch.float64)
+    for x in X:
+        J = torch.autograd.functional.jacobian(
+            lambda t, x=x: functional_call(model, plain_parameters(model, t), (x[None],))[0], theta
+        )
+        if loss == "cross_entropy":
+            p = torch.softmax(model(x[None])[0], dim=0).detach()
+            A = torch.diag(p) - torch.outer(p, p)
+        else:
+            A = 2 * torch.eye(J.shape[0], dtype=torch.float64)
+        total += J.T @ A @ J
+    return scale * total
+
+
+def assert_relative(actual, expected, rtol=1e-12):
+    error = float((actual - expected).abs().max())
+    assert error <= rtol * float(expected.abs().max()), (
+        f"max error {error:.2e} vs max {expected.abs().max():.2e}"
+    )
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_block_row_hessian_equals_autograd(name):
+    model, X, y, loss = make_case(name)
+    flat = FlatModel(model, torch.float64)
+    H = dense_hessian(flat, lambda out, t: plain_loss(loss, out, t) / 7, X, y, row_chunk=4)
+    expected = autograd_hessian(model, X, y, loss, scale=1 / 7)
+    assert_relative(H, expected)
+    assert torch.equal(H, H.T)
+
+
+@pytest.mark.parametrize("name", ["tanh-mlp-ce", "pool-cnn-mse", "head-first-ce"])
+def test_dense_ggn_equals_autograd(name):
+    model, X, y, loss = make_case(name)
+    G = dense_ggn(FlatModel(model, torch.float64), loss, X, 0.25)
+    assert_relative(G, autograd_ggn(model, X, loss, scale=0.25))
+
+
+def test_passes_of_few_samples_and_small_jacobian_batches_give_the_same(monkeypatch):
+    model, X, y, loss = make_case("pool-cnn-ce")
+    flat = FlatModel(model, torch.float64)
+    whole = dense_hessian(flat, lambda out, t: plain_loss(loss, out, t), X, y)
+    # 2 samples per pass with 3 vectors, 4 Jacobians per batch
+    split = dense_hessian(
+        flat, lambda out, t: plain_loss(loss, out, t), X, y, row_chunk=3, pass_bytes=3 * 2 * 20 * 8
+    )
+    assert_relative(split, whole, rtol=1e-14)
+    ggn = dense_ggn(flat, loss, X, 1.0)
+    monkeypatch.setattr(hessview.engine.dense, "JACOBIAN_BYTES", 4 * 2 * flat.n_params * 8)
+    assert_relative(dense_ggn(flat, loss, X, 1.0), ggn, rtol=1e-14)
+
+
+def test_parameter_groups_follow_modules():
+    flat = FlatModel(HeadFirst(), torch.float64)
+    assert flat.names == ["head.weight", "head.bias", "shared.weight", "first.weight"]
+    assert parameter_groups(flat) == [(0, 2), (2, 3), (3, 4)]
+
+
+@pytest.mark.parametrize("screen", [True, False])
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_toolbox_fit_equals_autograd_screened_and_not(curvature, screen, recwarn):
+    # a ReLU network driven to saturation on part of the data: screening leaves those samples out
+    model, X, y, loss = make_case("relu-mlp-ce")
+    X = torch.cat([X, 200 * X[:8]])
+    y = torch.cat([y, model(200 * X[:8]).argmax(dim=1)])
+    tb = HessianToolbox(model, X, y, weight_decay=0.01, curvature=curvature, screen=screen, progress=False)
+    tb.fit()
+    assert (tb.n_screened_ > 0) == screen
+    eye = torch.eye(tb.n_params, dtype=torch.float64)
+    if curvature == "hessian":
+        expected = autograd_hessian(model, X, y, loss, scale=1 / len(X)) + 0.01 * eye
+    else:
+        expected = autograd_ggn(model, X, loss, scale=1 / len(X)) + 0.01 * eye
+    assert_relative(tb.hessian, expected)
+
+
+def test_shards_of_the_papers_cnn_sum_to_the_autograd_hessian():
+    """The paper's CNN (published weights, im2col first layer, max- and average-pooling) on four inputs."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(4, 1, 924, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0])
+    for model in (load_published_weights(torch.float64), CNN1D_tiny_ED().double().eval()):
+        flat = FlatModel(model, torch.float64)
+        shards = make_shards(flat, X, y, "cross_entropy", 2)
+        H = sum(shard.dense_curvature("hessian", 128) for shard in shards)
+        assert_relative(H, autograd_hessian(model, X, y, "cross_entropy", scale=1 / 4))

@@ -11,23 +11,33 @@ Times are medians of process CPU time (wall-clock medians printed too).
 Weights: the paper's published ones (not a minimum, no sample saturated) or hessview's trained
 "fermi-hubbard" demo model (most training samples saturated: the fit leaves them out of the Hessian).
 Run:  .venv/bin/python -u benchmarks/bench_engine.py [--weights published|trained] [--threads 1] [--repeats 3]
+
+``--hessian-speed`` (issue 11) instead times, side by side in one process with one thread, the exact Hessian
+of three problems (published weights and an untrained CNN1D_tiny_ED on the training grid, published weights
+on random inputs): ``fit`` now, ``fit`` with the previous dense Hessian (P vmapped products over all rows,
+commit 37f50be) and row-by-row double backprop, against the floating-point limit of P Hessian-vector
+products (FLOPs of one product from ``torch.utils.flop_counter`` times P, at this machine's measured float64
+GEMM rate). Run:  nice -n 10 .venv/bin/python -u benchmarks/bench_engine.py --hessian-speed [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 import warnings
+from unittest import mock
 
 import numpy as np
 import torch
 
 from hessview import HessianToolbox
 from hessview.datasets import fermi_hubbard_split
-from hessview.engine.hessian import available_memory
+from hessview.engine.distributed import Shard
+from hessview.engine.hessian import available_memory, hessian_matmat_forward
 from hessview.engine.losses import per_sample_loss
-from hessview.models import MinMaxScaler, load_published_weights
+from hessview.models import CNN1D_tiny_ED, MinMaxScaler, load_published_weights
 
 
 def timed(fn, repeats):
@@ -89,9 +99,17 @@ def main():
     parser.add_argument(
         "--subset", type=int, default=100, help="training inputs for (b) when 1000 do not fit"
     )
+    parser.add_argument("--hessian-speed", action="store_true", help="the exact Hessian's speed (issue 11)")
+    parser.add_argument("--n-random", type=int, default=100, help="random inputs of --hessian-speed")
+    parser.add_argument(
+        "--n-train", type=int, default=1000, help="training inputs of --hessian-speed (spread)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # the published weights are not a stationary point; timing only
+    if args.hessian_speed:
+        hessian_speed(args)
+        return
     X, y, X_test, y_test = data()
     n = len(X)
     wd = 0.05 / n
@@ -199,6 +217,134 @@ def query_benchmarks(args, model, tb, t_fit, X, y, X_test, y_test, wd):
     print(
         "times above are median process CPU seconds; wall-clock medians in order:",
         [round(w, 2) for w in WALL],
+    )
+
+
+def old_dense_curvature(self, curvature, row_chunk, progress=False):
+    """``Shard.dense_curvature`` before issue 11 (commit 37f50be): P products, ``row_chunk`` rows per pass."""
+    P = self.theta.numel()
+    eye = torch.eye(P, dtype=self.theta.dtype, device=self.theta.device)
+    rows = torch.cat(
+        [self.curvature_matmat(eye[i : i + row_chunk], curvature) for i in range(0, P, row_chunk)]
+    )
+    return (rows + rows.T) / 2
+
+
+def gemm_rate(size=2000, repeats=5):
+    """Float64 GEMM FLOP/s of a ``size``-cubed matrix product: the best of ``repeats`` (CPU time)."""
+    g = torch.Generator().manual_seed(0)
+    A, B = (torch.randn(size, size, generator=g, dtype=torch.float64) for _ in range(2))
+    A @ B  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        A @ B
+        times.append(time.process_time() - start)
+    return 2 * size**3 / min(times)
+
+
+def counted_flops(fn):
+    """Multiply-add FLOPs of matrix products and convolutions in ``fn()`` (``torch.utils.flop_counter``)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def product_flops(model, X, y, wd):
+    """FLOPs of one more Hessian-vector product over ``X`` (vmapped jvp of grad with 2 vectors minus 1)."""
+    flat = HessianToolbox(model, X, y, weight_decay=wd, progress=False).flat
+    shard = Shard(flat, X, y, "cross_entropy", len(X), 0)
+    eye = torch.eye(flat.n_params, dtype=torch.float64)
+
+    def objective(theta):
+        return shard._objective(theta, X, y)
+
+    one = counted_flops(lambda: hessian_matmat_forward(objective, flat.theta, eye[:1]))
+    two = counted_flops(lambda: hessian_matmat_forward(objective, flat.theta, eye[:2]))
+    return two - one, shard
+
+
+def speed_cases(args):
+    X, y, _, _ = data()
+    spread = torch.linspace(0, len(X) - 1, min(args.n_train, len(X))).round().long()
+    X, y = X[spread], y[spread]
+    g = torch.Generator().manual_seed(0)
+    X_random = torch.rand(args.n_random, 1, X.shape[-1], generator=g, dtype=torch.float64)
+    y_random = torch.randint(0, 2, (args.n_random,), generator=g)
+    torch.manual_seed(0)
+    untrained = CNN1D_tiny_ED().double().eval()
+    published = load_published_weights(torch.float64).eval()
+    return [
+        (f"published weights, {len(X)} training inputs", published, X, y),
+        (f"untrained (seed 0), {len(X)} training inputs", untrained, X, y),
+        (f"published weights, {args.n_random} random inputs", published, X_random, y_random),
+    ]
+
+
+def hessian_speed(args):
+    """Issue 11: row-by-row vs the previous fit vs fit now, and the floating-point limit of P products."""
+    print(f"threads={torch.get_num_threads()} repeats={args.repeats} load average at start {os.getloadavg()}")
+    rate = gemm_rate()
+    print(f"float64 GEMM (2000^3, best of 5, CPU time): {rate / 1e9:.1f} GFLOP/s")
+    print(
+        "| problem | samples in the Hessian | row-by-row (a) | fit before | fit now | (a) / now "
+        "| before / now | one product (MFLOP) | limit = P products at GEMM rate | limit / fit now "
+        "| FLOPs now / P products | max rel. diff now vs (a), vs before | load average |"
+    )
+    print("|---" * 13 + "|")
+    for label, model, X, y in speed_cases(args):
+        speed_row(args, rate, label, model, X, y)
+
+
+def speed_row(args, rate, label, model, X, y):
+    n = len(X)
+    wd = 0.05 / n
+
+    def fit(m=n):
+        return HessianToolbox(model, X[:m], y[:m], weight_decay=wd, progress=False).fit()
+
+    fit(2)  # warm up (first calls of the transforms)
+    with mock.patch.object(Shard, "dense_curvature", old_dense_curvature):
+        fit(2)
+    WALL.clear()
+    t_new, tb = timed(fit, args.repeats)
+    with mock.patch.object(Shard, "dense_curvature", old_dense_curvature):
+        t_old, tb_old = timed(fit, args.repeats)
+    P = tb.n_params
+    rows = list(range(0, P, max(1, P // args.rows) if args.rows else 1))
+    t_rows, H_rows = timed(lambda: row_by_row_rows(model, X, y, wd, rows), args.repeats)
+    t_rows *= P / len(rows)
+    scale = float(tb.hessian.abs().max())
+    diff_rows = float((H_rows - tb.hessian[rows]).abs().max()) / scale
+    diff_old = float((tb_old.hessian - tb.hessian).abs().max()) / scale
+    m = min(n, 10)  # FLOPs are counted on 10 samples and scaled to n
+    one, shard = product_flops(model, X[:m], y[:m], wd)
+    now = counted_flops(lambda: shard.dense_curvature("hessian", 128)) * n / m
+    one *= n / m
+    limit = P * one / rate
+    print(
+        f"| {label} | {n - tb.n_screened_} of {n} | {t_rows:.1f} s | {t_old:.1f} s | {t_new:.1f} s "
+        f"| **{t_rows / t_new:.1f}x** | {t_old / t_new:.1f}x | {one / 1e6:.0f} | {limit:.1f} s "
+        f"| {limit / t_new:.0%} | {now / (P * one):.2f} | {diff_rows:.0e}, {diff_old:.0e} "
+        f"| {os.getloadavg()[0]:.1f} |",
+        flush=True,
+    )
+    print(f"    wall-clock medians (now, before, row-by-row): {[round(w, 1) for w in WALL]}", flush=True)
+
+
+def row_by_row_rows(model, X, y, weight_decay, rows):
+    """Rows ``rows`` of the Hessian by double backprop, one backward pass per row (the published method)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = torch.nn.functional.cross_entropy(model(X), y)
+    loss = loss + weight_decay / 2 * sum((p**2).sum() for p in params)
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params, create_graph=True)])
+    return torch.stack(
+        [
+            torch.cat([t.reshape(-1) for t in torch.autograd.grad(g[i], params, retain_graph=True)])
+            for i in rows
+        ]
     )
 
 

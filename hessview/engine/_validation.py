@@ -107,6 +107,17 @@ def is_real(value) -> bool:
     )
 
 
+def _bounds(low, high, open_low: bool, open_high: bool) -> str:
+    """`` in [low, high]``, `` >= low``, `` < high`` ... for messages (empty without bounds)."""
+    if low is not None and high is not None:
+        return f" in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    if low is not None:
+        return f" {'>' if open_low else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if open_high else '<='} {high:g}"
+    return ""
+
+
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
     """An integer in ``[low, high]`` (NumPy integers accepted), returned as ``int``.
 
@@ -119,14 +130,7 @@ def check_int(name: str, value, low: int | None = None, high: int | None = None)
     """
     ok = is_int(value) and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
-        if low is not None and high is not None:
-            bound = f" in [{low}, {high}]"
-        elif low is not None:
-            bound = f" >= {low}"
-        elif high is not None:
-            bound = f" <= {high}"
-        else:
-            bound = ""
+        bound = _bounds(low, high, False, False)
         raise (ValueError if is_int(value) else TypeError)(
             f"{name} must be an integer{bound}, not {_describe(value)}"
         )
@@ -145,16 +149,7 @@ def check_real(
     """
     import math
 
-    left = "(" if open_low else "["
-    right = ")" if open_high else "]"
-    if low is not None and high is not None:
-        bound = f" in {left}{low:g}, {high:g}{right}"
-    elif low is not None:
-        bound = f" {'>' if open_low else '>='} {low:g}"
-    elif high is not None:
-        bound = f" {'<' if open_high else '<='} {high:g}"
-    else:
-        bound = ""
+    bound = _bounds(low, high, open_low, open_high)
     if not is_real(value):
         raise TypeError(f"{name} must be a number{bound}, not {_describe(value)}")
     value = float(value)

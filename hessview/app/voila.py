@@ -12,6 +12,7 @@ demo itself (its model, toolbox and torch) is loaded only when that file is miss
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -162,5 +163,14 @@ def demo_explorer(name: str | None = None, *, n_resamples: int = 200, seed: int 
         results=results,
         X_train=X_train,
     )
+    options["retrain"] = functools.partial(_retrain_source, name)  # loaded on the first click only
     options.update(kwargs)
     return Explorer(None, None, **options)
+
+
+def _retrain_source(name: str):
+    """The demo's toolbox and test set, for the explorer's "retrain without the top-k" action."""
+    from hessview.app.demos import load_demo
+
+    demo = load_demo(name, progress=False)
+    return demo.toolbox, demo.X_test, demo.y_test

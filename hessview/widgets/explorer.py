@@ -25,6 +25,7 @@ from hessview.widgets.panels import DetailView, GalleryView, label_text
 from hessview.widgets.plots import InfluenceView, MainView, SpectrumView
 from hessview.widgets.renderers import make_renderer
 from hessview.widgets.results import ExplorerResults
+from hessview.widgets.retrain_panel import RetrainPanel
 from hessview.widgets.state import ExplorerState
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class Explorer(widgets.AppLayout):
         measurement: what influence measures (``ExplorerResults.from_toolbox``): ``"margin"`` of the
             predicted label (the default for classifiers) or ``"loss"``; None picks ``"margin"`` for
             classifiers and ``"loss"`` otherwise. Ignored when ``results`` is given.
+        retrain: the "retrain without the top-k" action (:mod:`~hessview.widgets.retrain_panel`): a
+            callable returning ``(toolbox, X_test, y_test)``, called on its first click (the app passes a
+            loader, so that nothing is loaded before); None uses ``toolbox``, ``X_test`` and ``y_test``
+            when given; False hides the action.
 
     Attributes:
         state: the shared :class:`ExplorerState` (``index``, ``k``, ``kind``, ``status``).
@@ -102,6 +107,7 @@ class Explorer(widgets.AppLayout):
         title=None,
         index: int | None = None,
         measurement: str | None = None,
+        retrain=None,
     ):
         # Cheap checks first: the precomputation below queries the toolbox for every test point.
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
@@ -176,6 +182,9 @@ class Explorer(widgets.AppLayout):
         )
         self.detail = DetailView(results, x_label=self.x_label, class_names=class_names)
         self.spectrum = SpectrumView(results)
+        if retrain is None and toolbox is not None and X_test is not None:
+            retrain = lambda: (toolbox, X_test, y_test)  # noqa: E731
+        self.retrain_panel = RetrainPanel(retrain or None, results, self.state)
         self.status = widgets.HTML()
         self.status.add_class("hv-status")
         self.export_link = widgets.HTML()
@@ -201,7 +210,7 @@ class Explorer(widgets.AppLayout):
                 ]
             ),
             center=widgets.VBox([self.main.widget, self.influence.widget]),
-            right_sidebar=widgets.VBox([self.detail.widget, self.spectrum.widget]),
+            right_sidebar=widgets.VBox([self.detail.widget, self.spectrum.widget, self.retrain_panel.widget]),
             footer=self.gallery.widget,
             pane_widths=[0, 3, 2],
             grid_gap="8px",

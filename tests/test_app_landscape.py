@@ -27,13 +27,13 @@ def in_cache(cache, monkeypatch):
     return cache
 
 
-def test_app_shows_both_landscapes_under_hv_landscape(in_cache):
+def test_app_shows_every_landscape_under_hv_landscape(in_cache):
     from hessview.widgets.landscape_explorer import LandscapeExplorer
 
     app = landscape_demo.landscape_app(quick=True)
     assert "hv-landscape" in app._dom_classes
     explorers = [child for child in app.children if isinstance(child, LandscapeExplorer)]
-    assert [e.landscape.network.n_inputs for e in explorers] == [6, 12]
+    assert [e.landscape.network.n_inputs for e in explorers] == [6, 12, 16]
     assert "hv-landscape-synthetic" in explorers[0]._dom_classes
     how_to = next(child for child in app.children if "hv-howto" in child._dom_classes)
     assert how_to.children[0].value.count("<li>") == len(landscape_demo.HOW_TO_READ)

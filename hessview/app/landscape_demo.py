@@ -8,7 +8,11 @@ built once in about a minute with progress bars and kept under ``$HESSVIEW_CACHE
     only features 1 and 4 decide, so a faithful relevance ranks them first.
 ``"fermi-hubbard"``: the site occupations :math:`\\langle n_i\\rangle - 1/2` of the 12-site extended
     Fermi-Hubbard ring (exact diagonalisation, :func:`hessview.datasets.fermi_hubbard_chain`),
-    standardised, labelled Luttinger liquid (0) or charge-density wave (1).
+    standardised, labelled Luttinger liquid (0) or charge-density wave (1). Linearly separable: one
+    minimum.
+``"ising"``: 4x4 Ising spin configurations (Metropolis, :func:`hessview.datasets.ising_2d`) at 16
+    temperatures, labelled ordered (``T < T_c``) or disordered: the network must learn
+    :math:`|m|`, which gives a landscape of many minima.
 
 Each landscape is a SQLite database written under a temporary name and renamed when complete;
 ``meta.json``, written last, records the settings, so a changed setting or an interrupted build
@@ -27,7 +31,7 @@ import numpy as np
 
 from hessview._io import atomic_path, cache_dir
 
-LANDSCAPES = ("synthetic", "fermi-hubbard")
+LANDSCAPES = ("synthetic", "fermi-hubbard", "ising")
 SETTINGS = {
     "synthetic": {
         "version": 1,
@@ -50,11 +54,25 @@ SETTINGS = {
         "temperature": 0.2,
         "step_size": 2.0,
     },
+    "ising": {
+        "version": 1,
+        "L": 4,
+        "T": [1.0, 4.0, 16],
+        "n_per_T": 10,
+        "n_per_T_test": 4,
+        "hidden": 4,
+        "weight_decay": 1e-3,
+        "seed": 0,
+        "n_steps": 20,
+        "temperature": 0.2,
+        "step_size": 2.0,
+    },
 }
-QUICK_STEPS = {"synthetic": 3, "fermi-hubbard": 2}
+QUICK_STEPS = {"synthetic": 3, "fermi-hubbard": 2, "ising": 3}
 TITLES = {
     "synthetic": "Synthetic data: only features x1 and x4 decide the class",
     "fermi-hubbard": "Fermi-Hubbard chain: which sites' densities decide LL vs CDW",
+    "ising": "2D Ising model, 4x4: which spins decide ordered vs disordered",
 }
 
 
@@ -82,6 +100,20 @@ def landscape_data(name: str, chosen: dict, *, progress: bool = False) -> dict:
             "y_test": y[n:],
             "feature_names": [f"x{i}" for i in range(6)],
             "lattice_shape": None,
+        }
+    if name == "ising":
+        from hessview.datasets import ising_2d
+
+        T, L = np.linspace(*chosen["T"]), chosen["L"]
+        train = ising_2d(T, L=L, n_per_T=chosen["n_per_T"], seed=chosen["seed"], progress=progress)
+        test = ising_2d(T, L=L, n_per_T=chosen["n_per_T_test"], seed=chosen["seed"] + 1, progress=progress)
+        return {
+            "X": train.X.reshape(len(train.X), -1),
+            "y": train.y,
+            "X_test": test.X.reshape(len(test.X), -1),
+            "y_test": test.y,
+            "feature_names": [f"site ({r}, {c})" for r in range(L) for c in range(L)],
+            "lattice_shape": (L, L),
         }
     from hessview.datasets import fermi_hubbard_chain
 
@@ -159,12 +191,14 @@ HOW_TO_READ = [
     "A feature whose weights change from minimum to minimum, or are near zero, scores low.",
     "<b>Conserved weights</b>: the hidden units' input weights averaged over the basin's aligned minima.",
     "<b>Check it against what you know</b>: in the synthetic data only x1 and x4 decide the class; in the "
-    "Fermi-Hubbard chain every site is equivalent by translation symmetry, so all sites should score alike.",
+    "Fermi-Hubbard chain and the Ising lattice every site is equivalent by translation symmetry, so all "
+    "sites should score alike (the Ising landscape, fitted to 160 configurations, shows how far a finite "
+    "training set departs from that).",
 ]
 
 
 def landscape_app(*, quick: bool | None = None, progress: bool = False):
-    """The landscape app: both landscapes in :class:`~hessview.widgets.landscape_explorer.LandscapeExplorer`.
+    """The landscape app: every landscape in :class:`~hessview.widgets.landscape_explorer.LandscapeExplorer`.
 
     ``quick`` defaults to ``$HESSVIEW_LANDSCAPE_QUICK`` (set by ``hessview app landscape --quick``).
     The root widget has the CSS class ``hv-landscape``.
@@ -176,11 +210,11 @@ def landscape_app(*, quick: bool | None = None, progress: bool = False):
     if quick is None:
         quick = os.environ.get("HESSVIEW_LANDSCAPE_QUICK", "") not in ("", "0")
     intro = widgets.HTML(
-        "<h3 style='margin:4px 0'>Energy landscapes of two small networks</h3>"
+        "<h3 style='margin:4px 0'>Energy landscapes of three small networks</h3>"
         "<div class='hv-explain'>Which inputs drive a network's decisions? Instead of one trained network, "
         "hessview samples many minima of the training loss over the weights (basin-hopping) and joins them "
         "by transition states (Niroomand &amp; Wales 2023). Losses are mean cross-entropy plus "
-        "weight decay, in nats per training sample.</div>"
+        "weight decay, in nats per training sample. Click a minimum (a line's lowest point) in a tree.</div>"
     )
     how_to = widgets.Accordion(
         children=[

@@ -8,6 +8,7 @@ uncertainty and extrapolation flag. ``LandscapeExplorer`` lives in
 from hessview.widgets.explorer import Explorer
 from hessview.widgets.renderers import (
     CallableRenderer,
+    FockRenderer,
     HtmlRenderer,
     LatticeRenderer,
     LineRenderer,
@@ -21,6 +22,7 @@ __all__ = [
     "Explorer",
     "ExplorerResults",
     "ExplorerState",
+    "FockRenderer",
     "HtmlRenderer",
     "LatticeRenderer",
     "LineRenderer",

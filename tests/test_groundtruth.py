@@ -386,3 +386,12 @@ def test_tune_damping_refuses_over_its_time_budget_and_bad_arguments(mlp):
     ]:
         with pytest.raises(ValueError, match=match):
             tb.tune_damping(**kwargs)
+
+
+def test_damping_tuned_in_fit_is_tune_damping_with_its_defaults(mlp):
+    model, X, y, *_ = mlp
+    tuned = HessianToolbox(model, X, y, weight_decay=WD_MLP, damping="tuned", progress=False).fit()
+    by_hand = HessianToolbox(model, X, y, weight_decay=WD_MLP, progress=False).fit().tune_damping()
+    assert tuned.damping_ == by_hand.damping_ and tuned.tuned_lds_ == by_hand.tuned_lds_
+    assert tuned.damping_scores_ == by_hand.damping_scores_
+    assert tuned.damping_reason_.startswith("tuned: delta")

@@ -148,7 +148,7 @@ def lds(
         client: a ``dask.distributed.Client``: each retraining is one task on its workers (with workers
             pinned to one thread, ``client.run(torch.set_num_threads, 1)``, the numbers equal an in-process
             run with one thread).
-        tol: gradient-norm tolerance of every retraining (default: ``1e-8`` x the median per-sample gradient
+        tol: gradient-norm tolerance of every retraining (default: ``1e-7`` x the median per-sample gradient
             norm at ``theta``, see :meth:`~hessview.engine.groundtruth.GroundTruthMixin.retrain`).
         maxiter: L-BFGS iterations per retraining at most.
         progress: progress bar (default: the toolbox's ``progress``).

@@ -101,7 +101,7 @@ class GroundTruthMixin:
             remove: training indices, or a boolean mask of length ``n_train``, to leave out (may be empty:
                 then the model is re-optimised on all points, which moves ``theta`` only when it was not
                 a minimum to ``tol``).
-            tol: gradient 2-norm to reach; default ``1e-8`` x the median per-sample gradient norm at
+            tol: gradient 2-norm to reach; default ``1e-7`` x the median per-sample gradient norm at
                 ``theta``.
             maxiter: L-BFGS iterations at most.
 

@@ -1,9 +1,11 @@
 """The ``hessview`` command: ``hessview app [NAME]`` serves the explorer with Voila; ``hessview build``.
 
-``hessview app`` first builds any missing cache of the demo (with progress bars), then runs Voila on
-the app notebook, bound to 127.0.0.1, and prints the address it serves. ``hessview app landscape``
-serves the energy-landscape app; ``hessview app --toolbox PATH --model MODULE:CLASS`` serves your own
-saved toolbox and model in the same explorer (see :mod:`hessview.app.own`).
+``hessview app`` first checks that the port is free, builds any missing or damaged cache of the demo
+(with progress bars), then runs Voila on the app notebook, bound to 127.0.0.1, and prints the address
+it serves. ``hessview app landscape`` serves the energy-landscape app; ``hessview app --toolbox PATH
+--model MODULE:CLASS`` serves your own saved toolbox and model in the same explorer (see
+:mod:`hessview.app.own`). Voila and its kernels get ``$HESSVIEW_CACHE_DIR`` as the absolute folder this
+command used (:func:`hessview._io.cache_environment`), so the kernel reads the caches just built.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hessview._io import cache_dir
+from hessview._io import cache_dir, cache_environment
 
 DEMOS = ("fermi-hubbard", "fermi-hubbard-window", "ising")
 LANDSCAPE = "landscape"
@@ -69,13 +71,29 @@ def app_notebook(name: str = APP_NOTEBOOK) -> Path:
 def free_port(start: int = DEFAULT_PORT, attempts: int = 50) -> int:
     """Return the first port from ``start`` on which 127.0.0.1 can listen."""
     for port in range(start, start + attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_is_free(port):
             return port
     raise RuntimeError(f"no free port in {start}..{start + attempts - 1}")
+
+
+def port_is_free(port: int) -> bool:
+    """Whether 127.0.0.1 can listen on ``port`` now (a bind test, as Voila will do)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_in_use(port: int) -> int:
+    print(
+        f"hessview: error: port {port} on 127.0.0.1 is in use; stop what listens there, choose another "
+        "with --port PORT, or leave out --port to take the first free one",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 2
 
 
 def voila_command(notebook: Path, port: int, *, open_browser: bool) -> list[str]:
@@ -183,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         command_line.error("--data and --weights need --toolbox and --model")
     if args.quick and args.name != LANDSCAPE:
         command_line.error("--quick applies to the landscape app only")
-    environment = dict(os.environ)
+    if args.port is not None and not port_is_free(args.port):  # before a build that may take minutes
+        return _port_in_use(args.port)
+    # the kernel runs in the notebook's folder: hand it the cache folder resolved here (absolute)
+    environment = cache_environment()
     if own_model:
         notebook, what, environment = _prepare_own_model(args, environment)
     elif args.name == LANDSCAPE:
@@ -199,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         notebook, what = app_notebook(), f"{name!r} explorer"
         environment["HESSVIEW_DEMO"] = name
     port = args.port or free_port()
+    if not port_is_free(port):  # taken while the caches were built
+        return _port_in_use(port)
     command = voila_command(notebook, port, open_browser=not args.no_browser)
     print(f"hessview: serving the {what} at http://127.0.0.1:{port}/ (Ctrl+C to stop)", flush=True)
     server = subprocess.Popen(command, env=environment)

@@ -2,8 +2,10 @@
 
 ``load_demo(name)`` builds what is missing on first use (data, training, Hessian; a few minutes at
 most) and afterwards only reads files: the model's weights (safetensors), the toolbox (``tb.save``),
-the test set (``.npz``) and a ``meta.json`` written last, so an interrupted build is never mistaken
-for a finished one.  A demo whose settings changed since it was cached is rebuilt.
+the test set (``.npz``), a ``meta.json`` and a ``manifest.json`` with the SHA-256 of each, verified on
+every load.  Builds are atomic (a temporary folder renamed into place) and serialised by a file lock;
+a damaged cache is reported in one line and rebuilt, as is a demo whose settings changed; a cache that
+cannot be written builds in memory (see :func:`load_demo`).
 
 Demos:
     ``"fermi-hubbard"``: the paper's ``CNN1D_tiny_ED`` (Dawid et al., MLST 3, 015002 (2022)) trained by
@@ -19,6 +21,11 @@ Demos:
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hessview._io import atomic_path, cache_dir
+from hessview._io import CacheError, atomic_path, cache_dir, file_lock, file_sha256
 from hessview.datasets import CRITICAL_TEMPERATURE, FERMI_HUBBARD_GRIDS, fermi_hubbard_split, ising_2d
 from hessview.engine.toolbox import HessianToolbox
 from hessview.models import CNN1D_tiny_ED, IsingCNN, MinMaxScaler, train
@@ -65,6 +72,16 @@ DEMO_SETTINGS = {
 }
 
 
+logger = logging.getLogger("hessview.cache")
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+#: The files of a built demo, each listed with its size and SHA-256 in ``manifest.json``.
+DEMO_FILES = ("model.safetensors", "toolbox.safetensors", "arrays.npz", "meta.json")
+META_FIELDS = ("title", "x_label", "render", "class_names", "report", "settings")
+ARRAY_FIELDS = ("X_test", "y_test", "x", "train_x")
+
+
 @dataclass
 class Demo:
     """A trained model with its fitted toolbox and test set, as the widgets need it.
@@ -100,27 +117,129 @@ class Demo:
 def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bool = False) -> Demo:
     """Return the demo ``name`` (a key of ``DEMO_SETTINGS``), building its cache if needed.
 
+    The cache is ``cache_dir("demos") / name``: the model, the toolbox, the test arrays, ``meta.json``
+    and a ``manifest.json`` with the size and SHA-256 of each, written with the build. Every load checks
+    the manifest, the files against it and their contents; a damaged cache (truncated, bit flips, a
+    file edited or copied in from another build, missing metadata, an unknown format, or a cache from
+    before the manifest) is reported in one line (logger ``hessview.cache``) and rebuilt, as is one made
+    with other settings.
+
+    A build writes into a temporary folder next to the cache and renames it into place under an
+    exclusive file lock, while readers hold a shared one: concurrent builders (two app starts, the
+    app and a notebook) wait for each other and the later ones reuse the first one's complete build,
+    and a reader never sees half of one. Where the cache cannot be written (a read-only file system),
+    the demo is built in a temporary folder, loaded and not kept, with a one-line notice.
+
     Args:
         name: which demo.
         progress: show progress bars while building.
-        rebuild: build again even when a matching cache exists.
+        rebuild: build again even when a matching cache exists (unless another process finishes a
+            build while this one waits for the lock: that fresh build is used).
     """
     if not isinstance(name, str):
         raise TypeError(f"demo name must be a string, got {type(name).__name__}")
     if name not in DEMO_SETTINGS:
         raise ValueError(f"unknown demo {name!r}; choose one of {sorted(DEMO_SETTINGS)}")
+    settings = DEMO_SETTINGS[name]
     folder = cache_dir("demos") / name
-    if rebuild or not _is_complete(folder, DEMO_SETTINGS[name]):
-        _BUILDERS[name](folder, DEMO_SETTINGS[name], progress)
-    return _read(folder, name, progress)
+    lock = folder.parent / f".{name}.lock"
+    problem = None
+    if not rebuild:
+        with file_lock(lock, shared=True, waiting=f"hessview: waiting for another process building {folder}"):
+            try:
+                return _read(folder, name, settings, progress)
+            except CacheError as error:
+                problem = error
+    seen = _build_id(folder)  # a build finished while we wait for the lock is reused, even by rebuild
+    try:
+        with file_lock(lock, waiting=f"hessview: waiting for another process building {folder}"):
+            if not rebuild or _build_id(folder) != seen:
+                try:
+                    return _read(folder, name, settings, progress)
+                except CacheError as error:
+                    problem = error
+            _report(problem, name, "rebuilding it")
+            _build_into_place(folder, name, settings, progress)
+            return _read(folder, name, settings, progress)
+    except OSError as error:  # the cache cannot be written (read-only, full): build in memory
+        logger.warning(
+            "hessview: cannot write the demo cache %s (%s); building the %r demo in memory, not kept",
+            folder,
+            error,
+            name,
+        )
+    with tempfile.TemporaryDirectory(prefix=f"hessview-{name}-") as scratch:
+        _build(Path(scratch), name, settings, progress)
+        return _read(Path(scratch), name, settings, progress)
 
 
-def _is_complete(folder: Path, settings: dict) -> bool:
-    meta = folder / "meta.json"
-    needed = ("model.safetensors", "toolbox.safetensors", "arrays.npz")
-    if not meta.is_file() or not all((folder / f).is_file() for f in needed):
-        return False
-    return json.loads(meta.read_text()).get("settings") == settings
+def _report(problem: CacheError | None, name: str, action: str) -> None:
+    """Log why a cached demo is not used, in one line (nothing when it simply was never built)."""
+    if problem is None or problem.kind == "missing":
+        return
+    logger.warning(
+        "hessview: cached %r demo not used: %s; %s", name, problem.problem + f" ({problem.path})", action
+    )
+
+
+def _remedy(name: str) -> str:
+    return f"hessview build --rebuild {name}"
+
+
+def _build_id(folder: Path) -> str | None:
+    """The ``build`` field of a demo's manifest (None when absent or unreadable): tells builds apart."""
+    try:
+        return str(json.loads((folder / MANIFEST).read_text())["build"])
+    except Exception:
+        return None
+
+
+def _verify(folder: Path, name: str, settings: dict) -> dict:
+    """Check a demo folder against its manifest; return its ``meta.json`` or raise CacheError."""
+    remedy = _remedy(name)
+    manifest_path = folder / MANIFEST
+    if not folder.is_dir():
+        raise CacheError(folder, "not built yet", remedy, kind="missing")
+    if not manifest_path.is_file():
+        raise CacheError(
+            manifest_path, "missing (an interrupted build or a cache from before checksums)", remedy
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        fmt, owner = manifest["format"], manifest["demo"]
+        if not isinstance(files, dict) or not isinstance(manifest["build"], str):
+            raise TypeError("malformed fields")
+    except Exception as error:
+        raise CacheError(manifest_path, f"unreadable ({type(error).__name__}: {error})", remedy) from error
+    if fmt != MANIFEST_FORMAT:
+        raise CacheError(
+            manifest_path, f"unknown format {fmt!r} (this hessview reads {MANIFEST_FORMAT})", remedy
+        )
+    if owner != name:
+        raise CacheError(manifest_path, f"belongs to the {owner!r} demo, not {name!r}", remedy)
+    missing = sorted(set(DEMO_FILES) - set(files))
+    if missing:
+        raise CacheError(manifest_path, f"lists no checksum for {missing}", remedy)
+    for file_name in DEMO_FILES:
+        path, expected = folder / file_name, files[file_name]
+        if not path.is_file():
+            raise CacheError(path, "missing", remedy)
+        if not isinstance(expected, dict) or path.stat().st_size != expected.get("size"):
+            raise CacheError(path, "has the wrong size (truncated or replaced)", remedy)
+        if file_sha256(path) != expected.get("sha256"):
+            raise CacheError(path, "checksum mismatch (damaged, edited or from another build)", remedy)
+    meta_path = folder / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except Exception as error:
+        raise CacheError(meta_path, f"unreadable ({type(error).__name__}: {error})", remedy) from error
+    lacking = sorted(set(META_FIELDS) - set(meta)) if isinstance(meta, dict) else list(META_FIELDS)
+    if lacking:
+        raise CacheError(meta_path, f"lacks the fields {lacking}", remedy)
+    if meta["settings"] != settings:
+        raise CacheError(folder, "was built with other settings", remedy, kind="stale")
+    return meta
 
 
 def _new_model(name: str, meta: dict) -> nn.Module:
@@ -129,14 +248,30 @@ def _new_model(name: str, meta: dict) -> nn.Module:
     return IsingCNN(L=meta["settings"]["L"])
 
 
-def _read(folder: Path, name: str, progress: bool) -> Demo:
-    meta = json.loads((folder / "meta.json").read_text())
-    model = _new_model(name, meta).to(torch.float64)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    model.eval()
-    toolbox = HessianToolbox.load(folder / "toolbox.safetensors", model, progress=progress)
-    with np.load(folder / "arrays.npz", allow_pickle=False) as arrays:
-        arrays = {key: arrays[key] for key in arrays.files}
+def _read(folder: Path, name: str, settings: dict, progress: bool) -> Demo:
+    """Load a verified demo folder; raise CacheError when any part of it is not usable."""
+    meta = _verify(folder, name, settings)
+    remedy = _remedy(name)
+    try:
+        model = _new_model(name, meta).to(torch.float64)
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        model.eval()
+    except Exception as error:
+        raise CacheError(
+            folder / "model.safetensors", f"unusable ({type(error).__name__}: {error})", remedy
+        ) from error
+    try:
+        toolbox = HessianToolbox.load(folder / "toolbox.safetensors", model, progress=progress)
+    except Exception as error:
+        raise CacheError(folder / "toolbox.safetensors", f"unusable ({error})", remedy) from error
+    try:
+        with np.load(folder / "arrays.npz", allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in ARRAY_FIELDS}
+        scaler = MinMaxScaler.from_json(json.dumps(meta["scaler"])) if "scaler" in meta else None
+    except Exception as error:
+        raise CacheError(
+            folder / "arrays.npz", f"unusable ({type(error).__name__}: {error})", remedy
+        ) from error
     return Demo(
         name=name,
         title=meta["title"],
@@ -150,13 +285,30 @@ def _read(folder: Path, name: str, progress: bool) -> Demo:
         render=meta["render"],
         class_names=meta["class_names"],
         report=meta["report"],
-        scaler=MinMaxScaler.from_json(json.dumps(meta["scaler"])) if "scaler" in meta else None,
+        scaler=scaler,
     )
 
 
+def _build_into_place(folder: Path, name: str, settings: dict, progress: bool) -> None:
+    """Build into a temporary folder next to ``folder``, then rename it into place (hold the lock)."""
+    root = folder.parent
+    for leftover in root.glob(f".{name}.build-*"):  # from builders killed mid-build (we hold the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=root))
+    old = root / f".{name}.build-old-{uuid.uuid4().hex}"
+    try:
+        _build(scratch, name, settings, progress)
+        if folder.exists() or folder.is_symlink():
+            os.rename(folder, old)  # a directory cannot replace a non-empty one in one step
+        os.rename(scratch, folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _write(folder: Path, settings: dict, model, toolbox, arrays: dict, result, **meta) -> None:
+    """Write a demo's files into ``folder`` (a fresh build folder; the caller adds the manifest)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "meta.json").unlink(missing_ok=True)  # the build is incomplete until meta.json exists
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     toolbox.save(folder / "toolbox.safetensors")
@@ -173,6 +325,31 @@ def _write(folder: Path, settings: dict, model, toolbox, arrays: dict, result, *
     }
     with atomic_path(folder / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
+
+
+def _build(folder: Path, name: str, settings: dict, progress: bool) -> None:
+    """Run the demo's builder into ``folder`` (a fresh folder), then write its manifest."""
+    _BUILDERS[name](folder, settings, progress)
+    write_manifest(folder, name)
+
+
+def write_manifest(folder: Path, name: str) -> Path:
+    """Write ``folder/manifest.json``: format, demo name, a build id, size and SHA-256 of each demo file."""
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "demo": name,
+        "build": uuid.uuid4().hex,
+        "files": {
+            file_name: {
+                "size": (folder / file_name).stat().st_size,
+                "sha256": file_sha256(folder / file_name),
+            }
+            for file_name in DEMO_FILES
+        },
+    }
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+    return folder / MANIFEST
 
 
 def _fit(model, X, y, settings, progress):

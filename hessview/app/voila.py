@@ -6,8 +6,10 @@ then ``"fermi-hubbard"``. Nothing is trained at render time: ``load_demo`` reads
 by ``hessview build`` (Binder's postBuild runs it).
 
 A restart of the app reads one file: the explorer's precomputed results saved together with the
-training inputs and labels the gallery shows, keyed by a digest of the demo's cached files. The
-demo itself (its model, toolbox and torch) is loaded only when that file is missing.
+training inputs and labels the gallery shows, keyed by a digest of the demo's cached files and
+verified by its checksum. The demo itself (its model, toolbox and torch) is loaded only when that
+file is missing; a damaged one (truncated, edited, swapped in) is reported in one line and computed
+again, and a cache that cannot be written keeps the results in memory.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from hessview._io import cache_dir
+from hessview._io import CacheError, cache_dir, load_npz, logger
 from hessview.widgets.explorer import Explorer
 from hessview.widgets.results import ExplorerResults
 
 DEFAULT_DEMO = "fermi-hubbard"
-RESULTS_VERSION = "3"
+RESULTS_VERSION = "4"  # 3: measurement fields; 4: checksummed files (hessview._io.save_npz)
 APP_FIELDS = ("title", "x_label", "render", "class_names")  # what the app shows besides the results
 
 
@@ -68,29 +70,34 @@ def demo_fingerprint(name: str) -> str | None:
     return digest.hexdigest()
 
 
-def results_path(name: str, n_resamples: int, seed: int) -> Path | None:
-    """Cache file of a demo's explorer results, or None when the demo is not built yet.
+def results_key(name: str, n_resamples: int, seed: int) -> str | None:
+    """The cache key of a demo's explorer results, or None when the demo is not built yet.
 
-    The key hashes the demo's cached files (model, toolbox, data, settings) and the resampling
-    settings, so a rebuilt demo never reads stale results.
+    It hashes the demo's cached files (model, toolbox, data, settings) and the resampling settings, so
+    a rebuilt demo never reads stale results; the results file stores it and is refused under another.
     """
     fingerprint = demo_fingerprint(name)
     if fingerprint is None:
         return None
-    key = hashlib.sha256(f"{RESULTS_VERSION}/{fingerprint}/{n_resamples}/{seed}".encode())
-    return cache_dir("explorer") / f"{name}-{key.hexdigest()[:20]}.npz"
+    return hashlib.sha256(f"{RESULTS_VERSION}/{fingerprint}/{n_resamples}/{seed}".encode()).hexdigest()
 
 
-def _read_cached(path: Path) -> tuple[ExplorerResults, np.ndarray, dict] | None:
-    """Results, training inputs and app fields saved by :func:`demo_explorer`; None if unreadable."""
+def results_path(name: str, n_resamples: int, seed: int) -> Path | None:
+    """Cache file of a demo's explorer results (named by :func:`results_key`), or None when not built."""
+    key = results_key(name, n_resamples, seed)
+    return None if key is None else cache_dir("explorer") / f"{name}-{key[:20]}.npz"
+
+
+def _read_cached(path: Path, key: str) -> tuple[ExplorerResults, np.ndarray, dict]:
+    """Results, training inputs and app fields saved by :func:`demo_explorer`; CacheError if not usable."""
+    arrays = load_npz(path, key=key, remedy="it is computed again on the next start")
     try:
-        results = ExplorerResults.load(path)
-        with np.load(path, allow_pickle=False) as data:
-            X_train, fields = data["X_train"], json.loads(str(data["app_fields"]))
-    except (OSError, ValueError, KeyError, EOFError):
-        return None
-    if set(fields) != set(APP_FIELDS) or len(X_train) != results.n_train:
-        return None
+        results = ExplorerResults.from_arrays(arrays, source=path)
+        X_train, fields = arrays["X_train"], json.loads(str(arrays["app_fields"]))
+    except Exception as error:
+        raise CacheError(path, f"unusable ({type(error).__name__}: {error})") from error
+    if not isinstance(fields, dict) or set(fields) != set(APP_FIELDS) or len(X_train) != results.n_train:
+        raise CacheError(path, "does not hold this app's fields and training inputs")
     return results, X_train, fields
 
 
@@ -136,9 +143,13 @@ def _compute(name: str, n_resamples: int, seed: int) -> tuple[ExplorerResults, n
     X_train = X_train.detach().cpu().numpy() if hasattr(X_train, "detach") else np.asarray(X_train)
     fields = {field: getattr(demo, field, None) for field in APP_FIELDS}
     fields["render"] = renderer_spec(demo, X_train)
-    path = results_path(name, n_resamples, seed)  # after load_demo: a (re)build changes the files
-    if path is not None:
-        results.save(path, X_train=X_train, app_fields=np.array(json.dumps(fields)))
+    key = results_key(name, n_resamples, seed)  # after load_demo: a (re)build changes the files
+    if key is not None:
+        path = results_path(name, n_resamples, seed)
+        try:
+            results.save(path, key=key, X_train=X_train, app_fields=np.array(json.dumps(fields)))
+        except OSError as error:
+            logger.warning("hessview: cannot write the explorer cache %s (%s); results not kept", path, error)
     return results, X_train, fields
 
 
@@ -150,8 +161,13 @@ def demo_explorer(name: str | None = None, *, n_resamples: int = 200, seed: int 
     :class:`~hessview.widgets.Explorer` (e.g. ``k``).
     """
     name = demo_name(name)
-    path = results_path(name, n_resamples, seed)
-    cached = _read_cached(path) if path is not None and path.exists() else None
+    key, cached = results_key(name, n_resamples, seed), None
+    if key is not None:
+        try:
+            cached = _read_cached(results_path(name, n_resamples, seed), key)
+        except CacheError as error:
+            if error.kind != "missing":
+                logger.warning("hessview: cached explorer results not used: %s; computing them again", error)
     results, X_train, fields = cached or _compute(name, n_resamples, seed)
     options = dict(
         x=results.x,

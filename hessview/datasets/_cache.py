@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hessview._io import atomic_path, cache_dir
+from hessview._io import CacheError, cache_dir, load_npz, logger, save_npz
 
 
 def cache_key(kind: str, arguments: dict) -> str:
@@ -39,14 +39,29 @@ def resolve_cache_path(kind: str, arguments: dict, directory: str | Path | None)
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray] | None:
-    """Return the arrays stored at ``path``, or None when there is no such file."""
-    if not path.exists():
+    """Return the arrays stored at ``path``, or None when they must be computed (again).
+
+    None when there is no such file, and also when the file is damaged (truncated, bit flips, edited,
+    another entry's file, or written before hessview stored checksums): that is reported in one line
+    (logger ``hessview.cache``) and the caller computes the data again and overwrites the file.
+    """
+    try:
+        return load_npz(path, key=path.name)
+    except CacheError as error:
+        if error.kind != "missing":
+            logger.warning("hessview: cached data set not used: %s; computing it again", error)
         return None
-    with np.load(path, allow_pickle=False) as stored:
-        return {name: stored[name] for name in stored.files}
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` as ``.npz`` atomically (a crash leaves no partial file)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+    """Write ``arrays`` to ``path`` as a checksummed ``.npz``, atomically (a crash leaves no partial file).
+
+    A cache that cannot be written (read-only, full) is reported in one line; the data are still
+    returned by the caller, computed in memory.
+    """
+    try:
+        save_npz(path, arrays, key=path.name)
+    except OSError as error:
+        logger.warning(
+            "hessview: cannot write the data-set cache %s (%s); computed in memory, not kept", path, error
+        )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hessview._io import atomic_path
+from hessview._io import CacheError, load_npz, save_npz
 from hessview.widgets.state import SCORE_KINDS
 
 MEASUREMENTS = ("margin", "loss")
@@ -50,6 +50,10 @@ def _labels(values, n: int, what: str) -> np.ndarray | None:
     if values.size == n:
         return values.reshape(n)
     return np.argmax(values.reshape(n, -1), axis=1)
+
+
+FILE_KEY = "hessview.ExplorerResults"  # the key of a results file saved without one of its own
+REMEDY = "compute them again with ExplorerResults.from_toolbox and save them"
 
 
 @dataclass(frozen=True)
@@ -155,11 +159,11 @@ class ExplorerResults:
             extrapolation_quantile=float(getattr(extrapolation, "quantile", 0.99)),
         )
 
-    def save(self, path: str | os.PathLike, **extra) -> None:
-        """Write every field to a ``.npz`` file, atomically (no pickled objects).
+    def save(self, path: str | os.PathLike, *, key: str = FILE_KEY, **extra) -> None:
+        """Write every field to a ``.npz`` file, atomically, with a checksum (no pickled objects).
 
         ``extra`` arrays are stored alongside under their own names (not field names); :meth:`load`
-        ignores them.
+        ignores them. ``key`` names the entry (a cache key); :meth:`load` can demand it.
 
         >>> import tempfile, pathlib
         >>> r = ExplorerResults(*([np.zeros(2)] * 11), 0.95, np.ones(2), 1.0, np.zeros(2, bool),
@@ -169,29 +173,38 @@ class ExplorerResults:
         >>> ExplorerResults.load(path).eigenvalues.tolist(), str(np.load(path)["note"])
         ([0.0, 1.0, 2.0], 'hello')
         """
-        arrays = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is not None:
-                arrays[field.name] = np.asarray(value)
+        arrays = self.to_arrays()
         clashes = sorted(set(extra) & {field.name for field in dataclasses.fields(self)})
         if clashes:
             raise ValueError(f"extra arrays may not use the field names {clashes}")
         arrays.update({name: np.asarray(value) for name, value in extra.items()})
-        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+        save_npz(path, arrays, key=key)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every field that is not None as a numpy array, by field name (what :meth:`save` writes)."""
+        return {
+            field.name: np.asarray(getattr(self, field.name))
+            for field in dataclasses.fields(self)
+            if getattr(self, field.name) is not None
+        }
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ExplorerResults:
-        """Read results written by :meth:`save`."""
-        with np.load(path, allow_pickle=False) as data:
-            values = {}
-            for field in dataclasses.fields(cls):
-                if field.name not in data:
-                    values[field.name] = None
-                    continue
-                value = data[field.name]
-                values[field.name] = value.item() if value.ndim == 0 else value
+    def load(cls, path: str | os.PathLike, *, key: str | None = None) -> ExplorerResults:
+        """Read results written by :meth:`save`, verifying their checksum (and ``key`` when given).
+
+        Raises:
+            hessview._io.CacheError: (a ValueError) the file is missing, damaged, edited, written
+                without a checksum, under another ``key``, or lacks fields.
+        """
+        return cls.from_arrays(load_npz(path, key=key, remedy=REMEDY), source=path)
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, *, source="the arrays") -> ExplorerResults:
+        """Rebuild results from :meth:`to_arrays`' dictionary (other entries are ignored)."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            value = arrays.get(field.name)
+            values[field.name] = value.item() if value is not None and value.ndim == 0 else value
         optional = {"y_test", "y_train"} | {
             f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
         }
@@ -199,7 +212,7 @@ class ExplorerResults:
             f.name for f in dataclasses.fields(cls) if values[f.name] is None and f.name not in optional
         ]
         if missing:
-            raise ValueError(f"{path} lacks the fields {missing}: not an ExplorerResults file")
+            raise CacheError(source, f"lacks the fields {missing}: not an ExplorerResults file", REMEDY)
         return cls(
             **{
                 name: value

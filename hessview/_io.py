@@ -41,7 +41,11 @@ class CacheError(ValueError):
     '/c/x.npz: truncated; rebuild it with `hessview build --rebuild ising`'
     """
 
-    def __init__(self, path, problem: str, remedy: str | None = None, *, kind: str = "damaged"):
+    def __init__(self, path, problem: str | None = None, remedy: str | None = None, *, kind: str = "damaged"):
+        if problem is None:  # CacheError("a whole message"), as subclasses elsewhere may raise it
+            self.path, self.problem, self.kind = None, str(path), kind
+            super().__init__(str(path))
+            return
         self.path, self.problem, self.kind = Path(path), problem, kind
         text = f"{path}: {problem}"
         if remedy:

@@ -159,9 +159,11 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
                 except CacheError as error:
                     problem = error
             _report(problem, name, "rebuilding it")
+            problem = None  # reported
             _build_into_place(folder, name, settings, progress)
             return _read(folder, name, settings, progress)
     except OSError as error:  # the cache cannot be written (read-only, full): build in memory
+        _report(problem, name, "building it in memory")
         logger.warning(
             "hessview: cannot write the demo cache %s (%s); building the %r demo in memory, not kept",
             folder,
@@ -175,11 +177,8 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
 
 def _report(problem: CacheError | None, name: str, action: str) -> None:
     """Log why a cached demo is not used, in one line (nothing when it simply was never built)."""
-    if problem is None or problem.kind == "missing":
-        return
-    logger.warning(
-        "hessview: cached %r demo not used: %s; %s", name, problem.problem + f" ({problem.path})", action
-    )
+    if problem is not None and problem.kind != "missing":
+        logger.warning("hessview: cached %r demo not used: %s; %s now", name, problem, action)
 
 
 def _remedy(name: str) -> str:

@@ -93,6 +93,21 @@ def test_results_are_cached_by_the_files_bytes(saved, cache, monkeypatch):
     assert own.results_path(saved["toolbox"], SPEC, None, n_resamples=N_RESAMPLES) != first
 
 
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.999])
+def test_damaged_cached_results_are_reported_and_computed_again(saved, cache, caplog, keep):
+    path = own.prepare(saved["toolbox"], SPEC, saved["data"], n_resamples=N_RESAMPLES, progress=False)
+    with np.load(path) as stored:
+        good = stored["influence"]
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])  # truncated (BadZipFile before)
+    with caplog.at_level("WARNING", logger="hessview.cache"):
+        ex = own.own_explorer(saved["toolbox"], SPEC, saved["data"], n_resamples=N_RESAMPLES)
+    lines = [r.getMessage() for r in caplog.records if r.name == "hessview.cache"]
+    assert len(lines) == 1 and str(path) in lines[0] and "\n" not in lines[0]
+    np.testing.assert_array_equal(ex.results.influence, good)
+    assert path.read_bytes() != data[: int(len(data) * keep)]  # rewritten
+
+
 def test_environment_variables_and_no_test_set(saved, cache, monkeypatch):
     monkeypatch.setenv("HESSVIEW_TOOLBOX", str(saved["toolbox"]))
     monkeypatch.setenv("HESSVIEW_MODEL", SPEC)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hessview._io import cache_dir
+from hessview._io import CacheError, cache_dir, load_npz, logger
 
 RESULTS_VERSION = "1"
 TEXT_FIELDS = ("x_label", "title")
@@ -171,8 +171,12 @@ def prepare(
             raise FileNotFoundError(f"no {what} file at {path}")
     fields = _read_data(data) if data is not None else {}
     path = results_path(toolbox, model, data, weights, n_resamples=n_resamples, seed=seed)
-    if path.exists():
+    try:
+        load_npz(path, key=path.name)  # intact: nothing to compute
         return path
+    except CacheError as error:
+        if error.kind != "missing":
+            logger.warning("hessview: cached explorer results not used: %s; computing them again", error)
     network, tb = load_model_and_toolbox(toolbox, model, weights, progress=progress)
     X_train = tb.X_train.detach().cpu().numpy()
     if "X_test" in fields:
@@ -197,7 +201,7 @@ def prepare(
         "has_train_x": "train_x" in fields,
         "test_is_train": "X_test" not in fields,
     }
-    results.save(path, X_train=X_train, app_fields=np.array(json.dumps(shown)))
+    results.save(path, key=path.name, X_train=X_train, app_fields=np.array(json.dumps(shown)))
     return path
 
 
@@ -213,9 +217,9 @@ def own_explorer(
     from hessview.widgets.results import ExplorerResults
 
     path = prepare(toolbox, model, data, weights, n_resamples=n_resamples, seed=seed, progress=False)
-    results = ExplorerResults.load(path)
-    with np.load(path, allow_pickle=False) as stored:
-        X_train, shown = stored["X_train"], json.loads(str(stored["app_fields"]))
+    stored = load_npz(path, key=path.name)
+    results = ExplorerResults.from_arrays(stored, source=path)
+    X_train, shown = stored["X_train"], json.loads(str(stored["app_fields"]))
     options = dict(
         results=results,
         X_train=X_train,

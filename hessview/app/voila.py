@@ -24,7 +24,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 
-from hessview._io import CacheError, cache_dir, load_npz, logger
+from hessview._io import CacheError, cache_dir, file_lock, file_sha256, load_npz, logger
 from hessview.widgets.explorer import Explorer
 from hessview.widgets.results import ExplorerResults
 
@@ -54,19 +54,21 @@ def demo_name(name: str | None = None) -> str:
 def demo_fingerprint(name: str) -> str | None:
     """SHA-256 of a built demo's cached files (names and bytes), or None when it is not built.
 
-    A demo's folder (``cache_dir("demos") / name``) is complete once its ``meta.json`` exists (it is
-    written last, see :mod:`hessview.app.demos`); hidden files are unfinished atomic writes.
+    A demo's folder (``cache_dir("demos") / name``) is renamed into place complete (see
+    :func:`hessview.app.demos.load_demo`); it is read under the demo's shared lock, so a rebuild in
+    another process is never seen half-way. Hidden files are unfinished atomic writes.
     """
     folder = cache_dir("demos") / name
-    if not (folder / "meta.json").is_file():
-        return None
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and not path.name.startswith("."):
-            digest.update(path.name.encode() + b"\0")
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+    with file_lock(folder.parent / f".{name}.lock", shared=True):
+        if not (folder / "meta.json").is_file():
+            return None
+        digest = hashlib.sha256()
+        try:
+            for path in sorted(folder.iterdir()):
+                if path.is_file() and not path.name.startswith("."):
+                    digest.update(path.name.encode() + b"\0" + file_sha256(path).encode())
+        except OSError:  # unreadable: load_demo reports and rebuilds it
+            return None
     return digest.hexdigest()
 
 

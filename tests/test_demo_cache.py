@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import hashlib
 import io
 import json
 import os
@@ -18,10 +19,12 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import hessview._io as io_
 from hessview import HessianToolbox
@@ -102,8 +105,6 @@ def test_the_real_build_is_complete_and_verified(pristine):
     assert manifest["format"] == 1 and manifest["demo"] == "ising"
     assert set(manifest["files"]) == set(demos.DEMO_FILES)
     for name, entry in manifest["files"].items():
-        import hashlib
-
         assert entry["sha256"] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
     assert sorted(p.name for p in folder.parent.iterdir()) == [".ising.lock", "ising"]  # no leftovers
     assert demo.toolbox.n_train == 36
@@ -195,6 +196,26 @@ def consistent_edit_without_title(folder):
     return path
 
 
+def consistent_bad_safetensors(folder):
+    path = folder / "model.safetensors"
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")  # a header that is no JSON
+    demos.write_manifest(folder, "ising")
+    return path
+
+
+def consistent_foreign_toolbox(folder):
+    # a valid toolbox file of another model, with a manifest that agrees: the toolbox's own checks refuse it
+    model = torch.nn.Linear(3, 2).double()
+    X, y = torch.randn(8, 3, dtype=torch.float64), torch.arange(8) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        HessianToolbox(model, X, y, weight_decay=0.1, progress=False).fit().save(
+            folder / "toolbox.safetensors"
+        )
+    demos.write_manifest(folder, "ising")
+    return folder / "toolbox.safetensors"
+
+
 def consistent_bad_arrays(folder):
     path = folder / "arrays.npz"
     np.savez(path, X_test=np.zeros(3))  # lacks y_test, x, train_x
@@ -217,6 +238,8 @@ def consistent_bad_arrays(folder):
         missing_file,
         consistent_edit_without_title,
         consistent_bad_arrays,
+        consistent_bad_safetensors,
+        consistent_foreign_toolbox,
     ],
 )
 def test_damaged_demo_is_reported_in_one_line_and_rebuilt(damage, pristine, cache, caplog):

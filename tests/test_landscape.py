@@ -104,7 +104,7 @@ def test_symmetric_copy_of_a_minimum_is_recognised(connected):
     target = land.minima[0]
     copy = apply_symmetry(land.network, target.coords, *random_symmetry(land.hidden, rng))
     point = quench(land.loss, copy)
-    with land.db.connection:
+    with land.db.transaction():
         found, new = land._record_minimum(point)
     assert (found, new) == (target.id, False)
     after = {m.id: m.hits for m in land.minima}

@@ -27,8 +27,10 @@ def test_data():
 
 
 def independent_accuracy(land, coords, X, y):
+    """The network on inputs standardised with the training set's mean and standard deviation."""
+    mean, std = land.X_raw.mean(0), land.X_raw.std(0)
     w1, b1, w2, b2 = land.network.unpack(torch.tensor(coords))
-    logits = torch.tanh(torch.tensor(X) @ w1.T + b1) @ w2.T + b2
+    logits = torch.tanh(torch.tensor((X - mean) / std) @ w1.T + b1) @ w2.T + b2
     return float((logits.argmax(1).numpy() == y).mean())
 
 
@@ -132,3 +134,68 @@ def test_bad_arguments_are_refused(landscape, test_data):
     X, y = test_data
     with pytest.raises(ValueError, match="explore"):
         LandscapeExplorer(Landscape(X, y, hidden=2))
+
+
+INJECTION = "<img src=x onerror=alert(1)>"
+
+
+def html_values(widget):
+    """Every HTML string in the widget tree."""
+    import ipywidgets as widgets
+
+    out = []
+    if isinstance(widget, widgets.HTML | widgets.HTMLMath):
+        out.append(widget.value)
+    for child in getattr(widget, "children", ()):
+        out += html_values(child)
+    return out
+
+
+def test_text_arguments_and_exception_text_are_escaped(landscape, test_data, monkeypatch):
+    names = [INJECTION, f"b{INJECTION}"]
+    explorer = LandscapeExplorer(
+        landscape, X_test=test_data[0], y_test=test_data[1], feature_names=names, title=INJECTION
+    )
+    values = html_values(explorer)
+    assert values and all("<img" not in v for v in values)
+    assert any("&lt;img src=x onerror=alert(1)&gt;" in v for v in values)  # shown, as text
+    # the status line names the most relevant feature: escaped too
+    assert "&lt;img" in explorer.status.value and "<img" not in explorer.status.value
+
+    def broken(*args, **kwargs):
+        raise ValueError(INJECTION)
+
+    monkeypatch.setattr(landscape, "conserved_weights", broken)
+    other = next(m for m in explorer.minimum_ids.tolist() if m != explorer.state.selected)
+    explorer._cache.clear()
+    explorer.state.selected = other
+    assert "could not analyse" in explorer.status.value
+    assert "<img" not in explorer.status.value and "&lt;img" in explorer.status.value
+    assert all("<img" not in v for v in html_values(explorer))
+
+
+def test_explanation_stability_shown_for_the_clicked_basin(landscape, test_data):
+    explorer = LandscapeExplorer(landscape, X_test=test_data[0], y_test=test_data[1], k=5)
+    minimum = explorer.state.selected
+    bottom = landscape.basins()[minimum]
+    expected = landscape.explanation_stability(*test_data, group=bottom, k=5).mean()
+    assert f"{expected:.3f}" in explorer.stats.value and "explanation stability" in explorer.stats.value
+    with pytest.raises(ValueError, match="k must be"):
+        LandscapeExplorer(landscape, k=0)
+    with pytest.raises(TypeError, match="title"):
+        LandscapeExplorer(landscape, title=3)
+
+
+def test_unconnected_sets_are_listed_not_drawn():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 2))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    land = Landscape(X, y, hidden=3, weight_decay=1e-3, seed=0).explore(25, progress=False)
+    assert len(land.minima) >= 2 and not land.transition_states  # nothing connected yet
+    explorer = LandscapeExplorer(land)
+    assert explorer.minimum_ids.tolist() == [land.global_minimum.id]
+    others = sorted(m.id for m in land.minima if m.id != land.global_minimum.id)
+    assert sorted(m for s in explorer.graph.unconnected for m in s) == others
+    assert "not drawn" in explorer.unconnected.value
+    for m in others:
+        assert str(m) in explorer.unconnected.value

@@ -5,12 +5,14 @@ disconnectivity graphs, monotonic sequence basins, conserved weights and input-f
 """
 
 from hessview.landscape.conserved import ConservedWeights
-from hessview.landscape.database import Minimum, TransitionState
+from hessview.landscape.database import DatabaseError, DatabaseInUseError, Minimum, TransitionState
 from hessview.landscape.disconnectivity import DisconnectivityGraph, Superbasin
 from hessview.landscape.landscape import Landscape
 
 __all__ = [
     "ConservedWeights",
+    "DatabaseError",
+    "DatabaseInUseError",
     "DisconnectivityGraph",
     "Landscape",
     "Minimum",

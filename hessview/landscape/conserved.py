@@ -9,6 +9,11 @@ the ones the model's decisions rely on. The minima are first aligned to the grou
 .. math:: r_i \\propto \\sum_j \\lVert \\bar W_{2,:j}\\rVert \\, |\\mu_{ji}| \\, c_{ji},
 
 conserved and non-negligible weights feeding hidden units that the output uses; :math:`\\sum_i r_i = 1`.
+The weights are those of the network on standardised inputs (:class:`~hessview.landscape.Landscape`
+standardises every feature), so the score does not depend on the units of any feature.
+
+Its uncertainty (:func:`bootstrap_relevance`) is the spread of :math:`r` over bootstrap resamples of the
+group's minima (drawn with replacement, aligned once).
 """
 
 from __future__ import annotations
@@ -46,17 +51,16 @@ class ConservedWeights:
 
     def feature_relevance(self) -> np.ndarray:
         """One score per input feature, summing to 1 (formula in the module docstring)."""
-        score = (self.output_strength[:, None] * np.abs(self.input_mean) * self.conservation).sum(0)
-        total = score.sum()
-        return score / total if total > 0 else np.full_like(score, 1.0 / len(score))
+        return _relevance(self.output_strength, self.input_mean, self.conservation)
 
 
-def conserved_weights(
-    network: TanhNetwork, minimum_ids: Sequence[int], coords: Sequence[np.ndarray]
-) -> ConservedWeights:
-    """Align ``coords`` (given lowest loss first) to the first and take each weight's mean and spread."""
-    reference = np.asarray(coords[0])
-    aligned = np.stack([reference] + [align(network, reference, c)[0] for c in coords[1:]])
+def _relevance(output_strength, input_mean, conservation) -> np.ndarray:
+    score = (output_strength[:, None] * np.abs(input_mean) * conservation).sum(0)
+    total = score.sum()
+    return score / total if total > 0 else np.full_like(score, 1.0 / len(score))
+
+
+def _statistics(network: TanhNetwork, aligned: np.ndarray):
     mean = aligned.mean(0)
     spread = aligned.std(0)
     w1_mean, _, w2_mean, _ = network.unpack(mean)
@@ -65,6 +69,30 @@ def conserved_weights(
     conservation = np.divide(
         magnitude, magnitude + w1_spread, out=np.zeros_like(magnitude), where=magnitude + w1_spread > 0
     )
+    return mean, spread, w1_mean, w1_spread, conservation, np.linalg.norm(w2_mean, axis=0)
+
+
+def bootstrap_relevance(
+    network: TanhNetwork, weights: ConservedWeights, n_resamples: int, seed: int
+) -> np.ndarray:
+    """Relevance of ``n_resamples`` bootstrap resamples of the group's aligned minima, ``(B, n_inputs)``."""
+    rng = np.random.default_rng(seed)
+    m = len(weights.aligned)
+    out = np.empty((n_resamples, network.n_inputs))
+    for b in range(n_resamples):
+        sample = weights.aligned[rng.integers(0, m, size=m)]
+        _, _, w1_mean, _, conservation, strength = _statistics(network, sample)
+        out[b] = _relevance(strength, w1_mean, conservation)
+    return out
+
+
+def conserved_weights(
+    network: TanhNetwork, minimum_ids: Sequence[int], coords: Sequence[np.ndarray]
+) -> ConservedWeights:
+    """Align ``coords`` (given lowest loss first) to the first and take each weight's mean and spread."""
+    reference = np.asarray(coords[0])
+    aligned = np.stack([reference] + [align(network, reference, c)[0] for c in coords[1:]])
+    mean, spread, w1_mean, w1_spread, conservation, strength = _statistics(network, aligned)
     return ConservedWeights(
         minimum_ids=tuple(int(i) for i in minimum_ids),
         aligned=aligned,
@@ -73,5 +101,5 @@ def conserved_weights(
         input_mean=w1_mean,
         input_spread=w1_spread,
         conservation=conservation,
-        output_strength=np.linalg.norm(w2_mean, axis=0),
+        output_strength=strength,
     )

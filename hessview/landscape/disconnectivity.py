@@ -36,6 +36,11 @@ class DisconnectivityGraph:
         segments: ``(S, 2, 2)`` line segments ``[[x0, y0], [x1, y1]]`` (x position, loss) to draw.
         minimum_ids: ids of the minima drawn (those below the top level), in left-to-right order.
         minimum_x: their x positions; ``minimum_energy``: their losses (the bottoms of the branches).
+        unconnected: the connected sets of minima *not* drawn (no transition-state path joins them to
+            the global minimum, so no barrier to them is known), largest first; empty when everything
+            is connected. :meth:`hessview.landscape.Landscape.disconnectivity_graph` draws the global
+            minimum's set only.
+        groups: for a free-energy graph, ``{drawn id: ids of the minima regrouped into it}``; else ``None``.
     """
 
     levels: np.ndarray
@@ -44,6 +49,8 @@ class DisconnectivityGraph:
     minimum_ids: np.ndarray
     minimum_x: np.ndarray
     minimum_energy: np.ndarray
+    unconnected: tuple[frozenset, ...] = ()
+    groups: dict[int, frozenset] | None = None
 
     def superbasins(self, level: int) -> list[frozenset]:
         """The superbasins (sets of minimum ids) at level index ``level``."""

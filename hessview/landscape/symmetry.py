@@ -57,3 +57,30 @@ def align(network: TanhNetwork, reference: np.ndarray, theta: np.ndarray) -> tup
     signs = np.where(flipped[rows, cols] < same[rows, cols], -1.0, 1.0)
     aligned = apply_symmetry(network, theta, cols, signs)
     return aligned, float(np.linalg.norm(aligned - np.asarray(reference)))
+
+
+def point_group_order(network: TanhNetwork, theta: np.ndarray, tolerance: float = 1e-6) -> int:
+    """Number of symmetries (signed hidden-unit permutations) that leave ``theta`` unchanged.
+
+    The analogue of a molecule's point-group order for PATHSAMPLE's files and the harmonic partition
+    function. Units equal up to sign within ``tolerance`` can be exchanged (``k!`` ways for ``k`` such
+    units); units that are zero can also be negated (``2^k k!``). A generic minimum has order 1.
+
+    >>> net = TanhNetwork(1, 3, 2)
+    >>> theta = net.pack(np.array([[1.0], [-1.0], [0.0]]), np.array([0.5, -0.5, 0.0]),
+    ...                  np.array([[2.0, -2.0, 0.0], [0.0, 0.0, 0.0]]), np.zeros(2))
+    >>> point_group_order(net, theta)  # units 0 and 1 are sign copies (2!), unit 2 is zero (2)
+    4
+    """
+    from math import factorial
+
+    units = network.hidden_unit_vectors(theta)
+    zero = np.linalg.norm(units, axis=1) < tolerance
+    order = 2 ** int(zero.sum()) * factorial(int(zero.sum()))
+    left = [u for u, z in zip(units, zero, strict=True) if not z]
+    while left:
+        first, rest = left[0], left[1:]
+        same = [min(np.linalg.norm(first - u), np.linalg.norm(first + u)) < tolerance for u in rest]
+        order *= factorial(1 + sum(same))
+        left = [u for u, s in zip(rest, same, strict=True) if not s]
+    return order

@@ -48,8 +48,13 @@ def dneb(
     spring: float = 1.0,
     iterations: int = 500,
     max_step: float = 0.1,
+    ftol: float = 1e-2,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Relax a doubly-nudged elastic band; return all images ``(n_images + 2, P)`` and their losses."""
+    """Relax a doubly-nudged elastic band; return all images ``(n_images + 2, P)`` and their losses.
+
+    Stops after ``iterations`` FIRE steps or once every image's DNEB force is below ``ftol`` (the band
+    only has to bracket the saddles; eigenvector-following converges them).
+    """
     fractions = np.linspace(0.0, 1.0, n_images + 2)[:, None]
     images = (1.0 - fractions) * start[None, :] + fractions * end[None, :]
     end_energies = np.array([loss.value(start), loss.value(end)])
@@ -69,6 +74,8 @@ def dneb(
         g_hat = g_perp / np.maximum(np.linalg.norm(g_perp, axis=1, keepdims=True), 1e-300)
         doubly = s_perp - (s_perp * g_hat).sum(1, keepdims=True) * g_hat
         force = -g_perp + lengths[:, None] * tau + doubly
+        if np.linalg.norm(force, axis=1).max() < ftol:
+            break
         power = (force * velocity).sum()
         if power > 0:
             f_norm, v_norm = np.linalg.norm(force), np.linalg.norm(velocity)

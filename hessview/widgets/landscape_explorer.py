@@ -5,10 +5,14 @@ talk to each other (bqplot's pattern). Selecting a minimum (or a basin from the 
 feature relevance of its monotonic sequence basin (bars, or a lattice heat map for physics inputs),
 the basin's conserved-weight matrix and the basin's statistics. Everything drawn is computed from the
 landscape when the widget is built or on first selection of a basin (then cached), never re-sampled.
+Only the connected set holding the global minimum is drawn; the other sets are listed under the graph.
+Every string that reaches an HTML widget (title, status line, feature names, exception text) is escaped
+with :func:`html.escape`.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
 import bqplot as bq
@@ -77,7 +81,9 @@ class LandscapeExplorer(widgets.VBox):
             ``(12,)`` draws a 12-site chain as a ring of sites, ``(4, 4)`` a heat map of a square lattice.
         levels: number of energy levels of the disconnectivity graph.
         temperature: temperature of the harmonic-superposition occupation probabilities shown.
-        title: heading text.
+        title: heading text (shown as text: HTML in it is escaped).
+        k: with ``X_test``, the number of top influential training points compared by the basin's
+            explanation stability (:meth:`~hessview.landscape.Landscape.explanation_stability`).
     """
 
     def __init__(
@@ -91,6 +97,7 @@ class LandscapeExplorer(widgets.VBox):
         levels: int = 20,
         temperature: float = 0.01,
         title: str | None = None,
+        k: int = 10,
     ):
         if not isinstance(landscape, Landscape):
             raise TypeError(f"landscape must be a hessview Landscape, got {type(landscape).__name__}")
@@ -114,7 +121,15 @@ class LandscapeExplorer(widgets.VBox):
         if (X_test is None) != (y_test is None):
             raise ValueError("give both X_test and y_test, or neither")
 
+        if title is not None and not isinstance(title, str):
+            raise TypeError(f"title must be a string or None, got {type(title).__name__}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(landscape.y):
+            raise ValueError(f"k must be an integer in [1, {len(landscape.y)}], got {k!r}")
+
         self.landscape = landscape
+        self.k = k
+        self.X_test = X_test
+        self.y_test = y_test
         self.feature_names = feature_names
         self.lattice_shape = tuple(lattice_shape) if lattice_shape is not None else None
         self.graph = landscape.disconnectivity_graph(levels)
@@ -127,6 +142,7 @@ class LandscapeExplorer(widgets.VBox):
         if X_test is not None:
             self.accuracy = {m.id: landscape.accuracy(X_test, y_test, m) for m in minima}
         self._cache: dict[int, tuple[ConservedWeights, np.ndarray]] = {}
+        self._stability: dict[int, np.ndarray] = {}
         self.state = LandscapeState(self.minimum_ids.tolist())
 
         self._build_graph()
@@ -142,7 +158,10 @@ class LandscapeExplorer(widgets.VBox):
             [self.relevance_box, self.conserved_figure, self.stats], layout=widgets.Layout(width="45%")
         )
         left = widgets.VBox([self.graph_figure], layout=widgets.Layout(width="55%"))
-        heading = widgets.HTML(f"<h3 style='margin:4px 0'>{title or 'Energy landscape'}</h3>")
+        heading = widgets.HTML(f"<h3 style='margin:4px 0'>{html.escape(title or 'Energy landscape')}</h3>")
+        self.unconnected = widgets.HTML(self._unconnected_html())
+        self.unconnected.add_class("hv-unconnected")
+        left.children = (*left.children, self.unconnected)
         super().__init__([heading, controls, self.status, widgets.HBox([left, right])])
         self.add_class("hv-landscape-explorer")
 
@@ -265,7 +284,8 @@ class LandscapeExplorer(widgets.VBox):
         options = [("basin", "basin")] + ([("test accuracy", "accuracy")] if self.accuracy else [])
         self.colour_toggle = widgets.ToggleButtons(options=options, value="basin", description="colour by")
         self.colour_toggle.observe(lambda change: setattr(self.state, "colour_by", change["new"]), "value")
-        bottoms = sorted(set(self.basins.values()), key=lambda b: self.records[b].loss)
+        drawn = set(self.minimum_ids.tolist())
+        bottoms = sorted({b for b in self.basins.values() if b in drawn}, key=lambda b: self.records[b].loss)
         sizes = {b: sum(1 for v in self.basins.values() if v == b) for b in bottoms}
         self.basin_picker = widgets.Dropdown(
             options=[(f"bottom {b}: loss {self.records[b].loss:.5g}, {sizes[b]} minima", b) for b in bottoms],
@@ -336,6 +356,34 @@ class LandscapeExplorer(widgets.VBox):
             f"minima, most relevant feature {top}"
         )
 
+    def basin_stability(self, minimum_id: int) -> np.ndarray | None:
+        """Explanation stability of the test points over the basin of ``minimum_id``.
+
+        Cached per basin; ``None`` without test data.
+        """
+        if self.X_test is None:
+            return None
+        bottom = self.basins[int(minimum_id)]
+        if bottom not in self._stability:
+            self._stability[bottom] = self.landscape.explanation_stability(
+                self.X_test, self.y_test, group=bottom, k=self.k
+            )
+        return self._stability[bottom]
+
+    def _unconnected_html(self) -> str:
+        others = self.graph.unconnected
+        if not others:
+            return "<small>every stored minimum is drawn: one connected set</small>"
+        items = "".join(
+            f"<li>{len(s)} minima: ids {html.escape(', '.join(str(m) for m in sorted(s)[:12]))}"
+            f"{', ...' if len(s) > 12 else ''}</li>"
+            for s in others
+        )
+        return (
+            f"<small>not drawn: {len(others)} connected set(s) that no transition state joins to the "
+            f"global minimum (run connect()):<ul>{items}</ul></small>"
+        )
+
     def _stats_html(self, minimum_id: int, conserved: ConservedWeights) -> str:
         record = self.records[minimum_id]
         members = conserved.minimum_ids
@@ -344,7 +392,7 @@ class LandscapeExplorer(widgets.VBox):
             ("loss", f"{record.loss:.6g}"),
             ("lowest Hessian eigenvalue", f"{record.eigenvalues[0]:.3g}"),
             ("times found", f"{record.hits}"),
-            ("basin bottom", f"{self.basins[minimum_id]}"),
+            ("basin bottom (lowest-energy rule)", f"{self.basins[minimum_id]}"),
             ("minima in basin", f"{len(members)}"),
             (
                 "basin loss range",
@@ -359,7 +407,12 @@ class LandscapeExplorer(widgets.VBox):
         if self.accuracy is not None:
             rows.append(("test accuracy", f"{self.accuracy[minimum_id]:.3f}"))
             rows.append(("basin mean test accuracy", f"{np.mean([self.accuracy[m] for m in members]):.3f}"))
-        body = "".join(f"<tr><td>{k}</td><td style='text-align:right'><b>{v}</b></td></tr>" for k, v in rows)
+            stability = self.basin_stability(minimum_id)
+            rows.append((f"explanation stability (top {self.k}, mean over test)", f"{stability.mean():.3f}"))
+        body = "".join(
+            f"<tr><td>{html.escape(k)}</td><td style='text-align:right'><b>{html.escape(v)}</b></td></tr>"
+            for k, v in rows
+        )
         return f"<table class='hv-stats-table'>{body}</table>"
 
     def _colour_changed(self, change) -> None:
@@ -389,4 +442,4 @@ class LandscapeExplorer(widgets.VBox):
         self.lattice_figure.layout.display = None if lattice else "none"
 
     def _status_changed(self, change) -> None:
-        self.status.value = f"<span>{change['new']}</span>"
+        self.status.value = f"<span>{html.escape(change['new'])}</span>"

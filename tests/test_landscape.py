@@ -277,6 +277,7 @@ def test_basins_point_downhill(connected):
         ({"hidden": 0}, "hidden"),
         ({"hidden": 2.5}, "hidden"),
         ({"weight_decay": -1.0}, "weight_decay"),
+        ({"weight_decay": 0.0}, "weight_decay"),
         ({"weight_decay": float("nan")}, "weight_decay"),
         ({"seed": -1}, "seed"),
     ],

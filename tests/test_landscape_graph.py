@@ -83,24 +83,36 @@ def test_hand_made_graph_at_chosen_levels():
     assert set(graph.superbasins(3)) == {frozenset({1, 2, 3, 4, 5, 6}), frozenset({7})}
 
 
-def brute_basins(energies, ts):
-    """Follow the lowest lower neighbour by powers of the successor matrix."""
+def brute_basins(energies, ts, rule="lowest_energy"):
+    """Follow the chosen lower neighbour by powers of the successor matrix."""
     ids = sorted(energies)
     index = {m: k for k, m in enumerate(ids)}
     successor = np.eye(len(ids))
     for m in ids:
-        lower = [b if a == m else a for _, a, b in ts if m in (a, b)]
-        lower = [n for n in lower if energies[n] < energies[m]]
+        lower = [(e, b if a == m else a) for e, a, b in ts if m in (a, b)]
+        lower = [(e, n) for e, n in lower if energies[n] < energies[m]]
         if lower:
+            if rule == "lowest_energy":
+                step = min(lower, key=lambda item: (energies[item[1]], item[0]))[1]
+            else:
+                step = min(lower, key=lambda item: (item[0], energies[item[1]]))[1]
             successor[index[m]] = 0
-            successor[index[m], index[min(lower, key=energies.get)]] = 1
+            successor[index[m], index[step]] = 1
     final = np.linalg.matrix_power(successor, len(ids))
     return {m: ids[int(np.argmax(final[index[m]]))] for m in ids}
 
 
 @pytest.mark.parametrize("energies, ts", CASES)
-def test_monotonic_sequence_basins_match_brute_force(energies, ts):
-    assert monotonic_sequence_basins(energies, ts) == brute_basins(energies, ts)
+@pytest.mark.parametrize("rule", ["lowest_energy", "lowest_barrier"])
+def test_monotonic_sequence_basins_match_brute_force(energies, ts, rule):
+    assert monotonic_sequence_basins(energies, ts, rule) == brute_basins(energies, ts, rule)
+
+
+def test_the_two_basin_rules_differ_where_the_lowest_neighbour_is_behind_a_high_barrier():
+    energies = {1: 0.0, 2: 1.0, 3: 0.5}
+    ts = [(3.0, 1, 2), (1.2, 2, 3)]
+    assert monotonic_sequence_basins(energies, ts)[2] == 1
+    assert monotonic_sequence_basins(energies, ts, "lowest_barrier")[2] == 3
 
 
 def test_hand_made_basins():

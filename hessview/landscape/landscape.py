@@ -696,17 +696,19 @@ class Landscape:
 
         Each minimum and transition state gets the harmonic free energy :math:`F = -T\\log Z`
         (:mod:`hessview.landscape.thermodynamics`). Minima are then regrouped: two groups whose
-        free-energy barrier, seen from the higher one, is below ``barrier`` (default ``temperature``)
-        merge, until none does; a group's free energy is :math:`-T\\log\\sum Z_a` over its minima and the
-        transition state between two groups has :math:`-T\\log\\sum Z_t` over the transition states joining
-        them. The graph is drawn for the groups connected to the global minimum's; ``graph.groups`` maps
+        free-energy barrier, seen from the higher one, is below ``barrier`` merge, until none does
+        (default ``temperature``; ``-inf`` keeps every minimum apart, while ``0`` still merges a minimum
+        whose free energy lies above a transition state's, as happens when entropy outweighs energy). A
+        group's free energy is :math:`-T\\log\\sum Z_a` over its minima and the transition state between
+        two groups has :math:`-T\\log\\sum Z_t` over the transition states joining them. The graph is
+        drawn for the groups connected to the global minimum's; ``graph.groups`` maps
         each drawn id (the group's lowest-free-energy minimum) to its minima.
         """
         minima = self._minima_or_raise()
         temperature = _check_temperature(temperature)
         threshold = temperature if barrier is None else barrier
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not threshold >= 0:
-            raise ValueError(f"barrier must be a number >= 0 or None, got {barrier!r}")
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or np.isnan(threshold):
+            raise ValueError(f"barrier must be a number (-inf: no regrouping) or None, got {barrier!r}")
         P = self.network.n_params
         log_z = dict(
             zip(
@@ -872,7 +874,8 @@ class Landscape:
             for k, (row, coords) in enumerate(zip(min_rows, min_coords, strict=True), start=1):
                 point = analyse(self.loss, coords)
                 check("minimum", k, row[0], point, 0)
-                new_id = self.db.add_minimum(point.loss, coords, point.eigenvalues, point.log_product)
+                # the file's energy and log product are kept (they agree to round-off): files round-trip
+                new_id = self.db.add_minimum(row[0], coords, point.eigenvalues, row[1], hits=0)
                 if new_id != k:
                     raise ValueError(f"database {self.db.path} gave id {new_id} to minimum {k}")
             for k, (row, coords) in enumerate(zip(ts_rows, ts_coords, strict=True), start=1):
@@ -883,14 +886,7 @@ class Landscape:
                     )
                 point = analyse(self.loss, coords)
                 check("transition state", k, row[0], point, 1)
-                self.db.add_transition_state(
-                    point.loss,
-                    coords,
-                    point.eigenvalues,
-                    _positive_log_product(point.eigenvalues),
-                    first,
-                    second,
-                )
+                self.db.add_transition_state(row[0], coords, point.eigenvalues, row[1], first, second)
 
     # ------------------------------------------------------------------- explanations at minima
     def torch_model(self, minimum: int | Minimum) -> torch.nn.Module:

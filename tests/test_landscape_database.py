@@ -81,15 +81,21 @@ def test_other_format_version_is_refused(tmp_path):
         Landscape(X, y, hidden=2, db=path)
 
 
-def test_second_opener_in_the_same_process_is_refused_until_the_first_closes(tmp_path):
+def test_second_writer_in_the_same_process_is_refused_until_the_first_closes(tmp_path):
     X, y = xor_data()
     path = tmp_path / "shared.sqlite"
-    first = Landscape(X, y, hidden=2, db=path)
-    with pytest.raises(DatabaseInUseError, match="in use") as info:
-        Landscape(X, y, hidden=2, db=path)
+    first = Landscape(X, y, hidden=2, db=path).explore(1, progress=False)
+    reader = Landscape(X, y, hidden=2, db=path)  # reading is never refused
+    assert [m.loss for m in reader.minima] == [m.loss for m in first.minima]
+    with pytest.raises(DatabaseInUseError, match="one writer at a time") as info:
+        reader.explore(1, progress=False)
     assert str(path.resolve()) in str(info.value)
+    for write in (lambda: reader.connect(progress=False), lambda: reader.db.transaction().__enter__()):
+        with pytest.raises(DatabaseInUseError):
+            write()
     first.close()
-    Landscape(X, y, hidden=2, db=path).close()
+    reader.explore(1, progress=False)  # the lock is free now
+    reader.close()
 
 
 SCRIPT = textwrap.dedent("""
@@ -98,13 +104,13 @@ SCRIPT = textwrap.dedent("""
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 2)); y = (X[:, 0] * X[:, 1] > 0).astype(int)
     path, hold = sys.argv[1], float(sys.argv[2])
+    land = Landscape(X, y, hidden=2, db=path)
     try:
-        land = Landscape(X, y, hidden=2, db=path)
+        land.explore(3, progress=False)
     except DatabaseInUseError as error:
-        print("REFUSED", error, flush=True)
+        print("REFUSED", len(land.minima), error, flush=True)
         sys.exit(3)
-    print("OPENED", flush=True)
-    land.explore(3, progress=False)
+    print("EXPLORED", flush=True)
     time.sleep(hold)
     land.close()
 """)
@@ -117,7 +123,7 @@ def test_second_process_is_refused_with_an_error_naming_the_database(tmp_path):
         [sys.executable, "-c", SCRIPT, str(path), "60"], env=env, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert holder.stdout.readline().strip() == "OPENED"
+        assert holder.stdout.readline().strip() == "EXPLORED"
         second = subprocess.run(
             [sys.executable, "-c", SCRIPT, str(path), "0"],
             env=env,
@@ -126,7 +132,7 @@ def test_second_process_is_refused_with_an_error_naming_the_database(tmp_path):
             timeout=120,
         )
         assert second.returncode == 3, second.stderr
-        assert "REFUSED" in second.stdout and str(path) in second.stdout
+        assert second.stdout.startswith("REFUSED 1 ") and str(path) in second.stdout  # nothing added
     finally:
         holder.kill()
         holder.wait()

@@ -5,12 +5,16 @@ Arrays are stored as raw little-endian float64 bytes (never pickled). Every chan
 committed before it and nothing half-written, and the duplicate check that precedes an insert runs under
 the same write lock as the insert.
 
-A file database is owned by one :class:`Database` at a time: opening it takes an exclusive advisory lock
-on ``<path>.lock`` (``flock``; released by the kernel when the process dies), and a second opener, in this
-process or another, is refused with :class:`DatabaseInUseError` naming the file. Each file records the
-landscape it was made for (network shape, weight decay, seed and a SHA-256 fingerprint of the data): a
-file made for another landscape, a SQLite file that is not a hessview landscape database, or a file that
-is not SQLite at all is refused with :class:`DatabaseError` naming the path, and never modified.
+A file database has one writer at a time: the first write (or :meth:`Database.acquire_writer`, which
+``Landscape.explore``, ``connect`` and ``from_pathsample`` call before any work) takes an exclusive
+advisory lock on ``<path>.lock`` (``flock``; released by ``close()`` or by the kernel when the process
+dies), and a second writer, in this process or another, is refused with :class:`DatabaseInUseError`
+naming the file. Readers (for example an explorer showing the database) are never refused.
+
+Each file records the landscape it was made for (network shape, weight decay, seed and a SHA-256
+fingerprint of the data): a file made for another landscape, a SQLite file that is not a hessview
+landscape database, or a file that is not SQLite at all is refused with :class:`DatabaseError` naming
+the path, and never modified.
 """
 
 from __future__ import annotations
@@ -113,9 +117,9 @@ class _FileLock:
         except OSError as error:
             self.handle.close()
             raise DatabaseInUseError(
-                f"landscape database {database} is in use by another Landscape (lock {path} is held): "
-                "one process at a time may open it; close the other Landscape (landscape.close()) or "
-                "wait for its run to finish, then resume here"
+                f"landscape database {database} is being written by another Landscape (lock {path} is "
+                "held): one writer at a time; close the other Landscape (landscape.close()) or wait for "
+                "its run to finish, then resume here"
             ) from error
 
     def release(self) -> None:
@@ -135,7 +139,7 @@ class Database:
     Raises:
         DatabaseError: the file is not SQLite, is a SQLite file that is not a hessview landscape
             database, has another format version, or was made for another landscape.
-        DatabaseInUseError: another ``Database`` holds the file.
+        DatabaseInUseError: creating a new file while another writer holds its lock.
     """
 
     def __init__(self, path: str | os.PathLike | None, meta: dict):
@@ -146,7 +150,6 @@ class Database:
         try:
             if not memory:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                self._lock = _FileLock(Path(self.path + ".lock"), self.path)
             self.connection = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
             self._open(json.dumps(meta, sort_keys=True))
         except BaseException:
@@ -169,12 +172,15 @@ class Database:
             ) from error
         if not tables:
             with self.transaction():
-                for statement in _SCHEMA.strip().split(";"):
-                    if statement.strip():
-                        self.connection.execute(statement)
-                self.set_meta("format", json.dumps({"name": _MARKER, "version": FORMAT_VERSION}))
-                self.set_meta("landscape", wanted)
-            return
+                # re-read under the write lock: another process may have created it meanwhile
+                tables = {r[0] for r in self._execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if not tables:
+                    for statement in _SCHEMA.strip().split(";"):
+                        if statement.strip():
+                            self._execute(statement)
+                    self.set_meta("format", json.dumps({"name": _MARKER, "version": FORMAT_VERSION}))
+                    self.set_meta("landscape", wanted)
+                    return
         marker = None
         if "meta" in tables:
             with contextlib.suppress(sqlite3.Error):
@@ -209,13 +215,26 @@ class Database:
         except sqlite3.Error as error:
             raise self._error(error, sql.split()[0].lower()) from error
 
+    def acquire_writer(self) -> None:
+        """Become the database's one writer (no-op in memory or when already held); held until :meth:`close`.
+
+        Raises:
+            DatabaseInUseError: another ``Database`` (this process or another) is the writer.
+        """
+        if self.connection is None:
+            raise DatabaseError(f"landscape database {self.path} is closed")
+        if self._lock is None and self.path != ":memory:":
+            self._lock = _FileLock(Path(self.path + ".lock"), self.path)
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction (``BEGIN IMMEDIATE``): committed if the block succeeds, else rolled back.
 
-        Reads inside the block (such as the duplicate check before an insert) see the database under
-        the write lock, so no other writer can insert between the check and the write.
+        Takes the writer lock first (:meth:`acquire_writer`). Reads inside the block (such as the
+        duplicate check before an insert) see the database under SQLite's write lock, so no other
+        connection can insert between the check and the write.
         """
+        self.acquire_writer()
         self._execute("BEGIN IMMEDIATE")
         try:
             yield

@@ -119,8 +119,8 @@ class Landscape:
         seed: seed of the basin-hopping chain.
         db: SQLite file to store minima and transition states in (resumed if it exists; a file made
             with other data, network, weight decay or seed, or any file that is not a hessview landscape
-            database, is refused and left untouched; while this object is open no other ``Landscape``
-            may open it); ``None`` keeps an in-memory database.
+            database, is refused and left untouched; one ``Landscape`` at a time may write to it: a
+            second writer is refused with ``DatabaseInUseError``); ``None`` keeps an in-memory database.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -222,6 +222,7 @@ class Landscape:
             or adjust_every < 1
         ):
             raise ValueError(f"adjust_every must be a positive integer, got {adjust_every!r}")
+        self.db.acquire_writer()
         with single_thread():
             self.step_size_ = basin_hopping.run(
                 self,
@@ -427,6 +428,7 @@ class Landscape:
         ):
             raise ValueError(f"max_attempts must be a positive integer or None, got {max_attempts!r}")
         budget = 5 * len(minima) if max_attempts is None else int(max_attempts)
+        self.db.acquire_writer()
         tried: set[frozenset] = set()
         skipped: set[int] = set()
         found: list[TransitionState] = []
@@ -839,6 +841,7 @@ class Landscape:
     def _import_pathsample(self, folder: Path) -> None:
         if self.minima:
             raise ValueError(f"database {self.db.path} already holds minima: from_pathsample needs a new one")
+        self.db.acquire_writer()
         P = self.network.n_params
 
         def table(name: str, width: int) -> np.ndarray:

@@ -542,3 +542,17 @@ def test_app_results_written_for_another_entry_are_refused(app_cache, tmp_path):
     path, _ = app_cache
     with pytest.raises(io_.CacheError, match="swapped"):
         voila._read_cached(path, voila.results_key("ising", 10, 1))
+
+
+def test_app_results_on_a_read_only_cache_are_computed_in_memory(pristine, cache, read_only, caplog):
+    install(pristine, cache)
+    root = cache[0].parent
+    before = tree(root)
+    read_only(root)
+    with caplog.at_level("WARNING", logger="hessview.cache"):
+        explorer = voila.demo_explorer("ising", n_resamples=10)
+    (line,) = notices(caplog)
+    assert "cannot write the explorer cache" in line and "not kept" in line and "\n" not in line
+    truth = pristine[1].toolbox.influence(pristine[1].X_test, pristine[1].y_test, measurement="margin")
+    np.testing.assert_allclose(explorer.results.influence, np.asarray(truth), rtol=1e-9, atol=1e-15)
+    assert tree(root) == before

@@ -15,7 +15,10 @@ import numpy as np
 from hessview.widgets import words
 from hessview.widgets.plots import EXTRAPOLATION, IN_DISTRIBUTION
 from hessview.widgets.renderers import THUMBNAIL_LAYOUT, HtmlRenderer, Renderer
-from hessview.widgets.results import ExplorerResults
+from hessview.widgets.results import STABILITY_K, STABLE, ExplorerResults
+
+#: 1 - p below this: the loss (~ 1 - p) and its gradient are within a thousand float64 roundoffs of zero
+SATURATED = 1e-13
 
 
 def label_text(label, class_names: list[str] | None) -> str:
@@ -277,7 +280,37 @@ class DetailView:
             guess = f"predicted value: <b>{prediction[0]:.4g}</b>"
         return (
             f'<div data-test-index="{index}"><span style="font-size:16px"><b>Test point #{index}</b>'
-            f"</span> &middot; {html.escape(self.x_label)} = {r.x[index]:.4g}<br>{truth}{guess}</div>"
+            f"</span> &middot; {html.escape(self.x_label)} = {r.x[index]:.4g}<br>{truth}{guess}"
+            f"{self._saturation(prediction)}{self._stability(index)}</div>"
+        )
+
+    def _saturation(self, prediction: np.ndarray) -> str:
+        """A sentence when the predicted label's loss is below what float64 can resolve."""
+        if not self.results.is_classification:
+            return ""
+        rest = 1.0 - float(np.max(prediction))
+        if rest >= SATURATED:
+            return ""
+        shown = "the margin, which does not saturate" if self.results.measurement == "margin" else "the loss"
+        return (
+            f'<div class="hv-saturated" style="font-size:12px">The loss of this prediction is saturated '
+            f"(1 &minus; p = {rest:.1e}): its gradient, and any influence on it, is scaled by that factor "
+            f"and soon by rounding noise; the influence shown here is on {shown}.</div>"
+        )
+
+    def _stability(self, index: int) -> str:
+        """Whether the top-k influential points survive other dampings (``influence_stability``)."""
+        stability = self.results.stability
+        if stability is None:
+            return ""
+        value = float(stability[index])
+        stable = value >= STABLE
+        verdict = "stable" if stable else "depends on damping"
+        return (
+            f'<div class="hv-stability" data-stability="{value!r}" data-stable="{str(stable).lower()}" '
+            f'style="font-size:12px">Ranking <b>{verdict}</b>: {value:.0%} of the top-{STABILITY_K} helpful '
+            "and harmful training points stay in the top when the damping changes tenfold either way"
+            f"{'' if stable else '; compare rankings before trusting them'}.</div>"
         )
 
     def _badge(self, index: int) -> str:

@@ -52,6 +52,10 @@ def _labels(values, n: int, what: str) -> np.ndarray | None:
     return np.argmax(values.reshape(n, -1), axis=1)
 
 
+#: the top-k whose survival across dampings ``stability`` measures (HessianToolbox.influence_stability)
+STABILITY_K = 5
+#: ``stability`` at or above this is shown as "stable" (the engine's STABLE_OVERLAP)
+STABLE = 0.8
 FILE_KEY = "hessview.ExplorerResults"  # the key of a results file saved without one of its own
 REMEDY = "compute them again with ExplorerResults.from_toolbox and save them"
 
@@ -85,6 +89,7 @@ class ExplorerResults:
     damping: float
     measurement: str = "loss"
     extrapolation_quantile: float = 0.99
+    stability: np.ndarray | None = None
 
     @classmethod
     def from_toolbox(
@@ -135,6 +140,9 @@ class ExplorerResults:
         extrapolation = toolbox.extrapolation(X_test)
         # the margin explains the decision the model makes: that of its predicted label
         labels = None if measurement == "margin" else y_test
+        stability = getattr(toolbox, "influence_stability", None)
+        if stability is not None:
+            stability = _as_numpy(stability(X_test, labels, k=STABILITY_K, measurement=measurement))
         return cls(
             x=_control_parameter(x, n_test, "x"),
             train_x=_control_parameter(train_x, n_train, "train_x"),
@@ -157,6 +165,7 @@ class ExplorerResults:
             damping=float(toolbox.damping_),
             measurement=measurement,
             extrapolation_quantile=float(getattr(extrapolation, "quantile", 0.99)),
+            stability=None if stability is None else stability.astype(np.float64).reshape(-1),
         )
 
     def save(self, path: str | os.PathLike, *, key: str = FILE_KEY, **extra) -> None:

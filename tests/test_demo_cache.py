@@ -31,6 +31,13 @@ from hessview import HessianToolbox
 from hessview.app import demos, voila
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def settled(demos_folder: Path) -> bool:
+    """A demos folder holds the demo and its lock files only: no temporary or old build left over."""
+    return sorted(p.name for p in demos_folder.iterdir() if not p.name.endswith(".lock")) == ["ising"]
+
+
 SMALL = {
     "version": 1,
     "L": 8,
@@ -106,7 +113,7 @@ def test_the_real_build_is_complete_and_verified(pristine):
     assert set(manifest["files"]) == set(demos.DEMO_FILES)
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
-    assert sorted(p.name for p in folder.parent.iterdir()) == [".ising.lock", "ising"]  # no leftovers
+    assert settled(folder.parent)  # no leftovers
     assert demo.toolbox.n_train == 36
 
 
@@ -256,7 +263,7 @@ def test_damaged_demo_is_reported_in_one_line_and_rebuilt(damage, pristine, cach
     assert_is_pristine(demo, pristine)
     for name in demos.DEMO_FILES:  # the healed folder is the pristine build, byte for byte
         assert (cache[0] / "ising" / name).read_bytes() == (pristine[0] / name).read_bytes()
-    assert sorted(p.name for p in cache[0].iterdir()) == [".ising.lock", "ising"]
+    assert settled(cache[0])
 
 
 def test_another_demos_folder_is_refused(pristine, cache, caplog, monkeypatch):
@@ -281,7 +288,7 @@ def test_rebuild_replaces_a_complete_build_atomically(pristine, cache):
     demos.load_demo("ising", progress=False, rebuild=True)
     assert len(cache[1]) == 1 and cache[1][0].parent == cache[0] and cache[1][0].name.startswith(".ising.")
     assert json.loads((folder / "manifest.json").read_text())["build"] != before
-    assert sorted(p.name for p in cache[0].iterdir()) == [".ising.lock", "ising"]
+    assert settled(cache[0])
 
 
 def test_a_build_that_fails_leaves_the_old_cache_and_no_leftovers(pristine, cache, monkeypatch):
@@ -294,7 +301,7 @@ def test_a_build_that_fails_leaves_the_old_cache_and_no_leftovers(pristine, cach
     monkeypatch.setitem(demos._BUILDERS, "ising", crash)
     with pytest.raises(RuntimeError, match="killed"):
         demos.load_demo("ising", progress=False, rebuild=True)
-    assert sorted(p.name for p in cache[0].iterdir()) == [".ising.lock", "ising"]
+    assert settled(cache[0])
     for name in demos.DEMO_FILES:
         assert (folder / name).read_bytes() == (pristine[0] / name).read_bytes()
 
@@ -304,7 +311,30 @@ def test_leftovers_of_a_killed_builder_are_removed(pristine, cache):
     (cache[0] / ".ising.build-dead").mkdir()
     (cache[0] / ".ising.build-dead" / "model.safetensors").write_bytes(b"half")
     demos.load_demo("ising", progress=False)
-    assert sorted(p.name for p in cache[0].iterdir()) == [".ising.lock", "ising"]
+    assert settled(cache[0])
+
+
+def test_readers_of_a_complete_cache_do_not_wait_for_a_rebuild(pristine, cache, caplog):
+    import fcntl
+    import threading
+
+    folder = install(pristine, cache)
+    build_lock, _ = demos.demo_locks(folder)
+    answers = []
+
+    def read():
+        answers.append(demos.load_demo("ising", progress=False))
+        answers.append(voila.demo_fingerprint("ising"))
+
+    with open(build_lock, "a") as held:  # another process is rebuilding for minutes
+        fcntl.flock(held, fcntl.LOCK_EX)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout=120)  # a deadlock detector, not a speed test: a blocked reader never returns
+        finished = not reader.is_alive()
+    assert finished, "a reader of a complete cache waited for the build lock"
+    assert_is_pristine(answers[0], pristine)
+    assert answers[1] is not None and cache[1] == [] and notices(caplog) == []
 
 
 # ---------------------------------------------------------------- a read-only cache
@@ -475,7 +505,7 @@ def test_concurrent_builders_make_one_complete_build(tmp_path, monkeypatch):
     monkeypatch.setattr(HessianToolbox, "fit", lambda *a, **k: pytest.fail("fitted although cached"))
     demo = demos.load_demo("ising", progress=False)  # verified, and no rebuild
     assert demo.toolbox.eigenvalues.tolist() == outputs[0]["eigenvalues"]
-    assert sorted(p.name for p in (tmp_path / "cache" / "demos").iterdir()) == [".ising.lock", "ising"]
+    assert settled(tmp_path / "cache" / "demos")
 
 
 def test_concurrent_rebuilds_never_mix_builds(tmp_path, pristine, monkeypatch):
@@ -488,7 +518,7 @@ def test_concurrent_rebuilds_never_mix_builds(tmp_path, pristine, monkeypatch):
     monkeypatch.setitem(demos.DEMO_SETTINGS, "ising", json.loads(json.dumps(SMALL)))
     final = demos._read(tmp_path / "cache" / "demos" / "ising", "ising", SMALL, False)  # raises if mixed
     assert str(final.report["builder"]) in builds
-    assert sorted(p.name for p in (tmp_path / "cache" / "demos").iterdir()) == [".ising.lock", "ising"]
+    assert settled(tmp_path / "cache" / "demos")
 
 
 # ---------------------------------------------------------------- the app's results cache heals

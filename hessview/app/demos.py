@@ -124,11 +124,13 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
     before the manifest) is reported in one line (logger ``hessview.cache``) and rebuilt, as is one made
     with other settings.
 
-    A build writes into a temporary folder next to the cache and renames it into place under an
-    exclusive file lock, while readers hold a shared one: concurrent builders (two app starts, the
-    app and a notebook) wait for each other and the later ones reuse the first one's complete build,
-    and a reader never sees half of one. Where the cache cannot be written (a read-only file system),
-    the demo is built in a temporary folder, loaded and not kept, with a one-line notice.
+    A build writes into a temporary folder next to the cache and renames it into place, holding an
+    exclusive build lock throughout and a second lock (see :func:`demo_locks`) against readers only
+    for the renames: concurrent builders (two app starts, the app and a notebook) wait for each other
+    and the later ones reuse the first one's complete build, a reader never sees half of one, and a
+    reader of a complete cache never waits for a rebuild. Where the cache cannot be written (a
+    read-only file system), the demo is built in a temporary folder, loaded and not kept, with a
+    one-line notice.
 
     Args:
         name: which demo.
@@ -142,26 +144,28 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
         raise ValueError(f"unknown demo {name!r}; choose one of {sorted(DEMO_SETTINGS)}")
     settings = DEMO_SETTINGS[name]
     folder = cache_dir("demos") / name
-    lock = folder.parent / f".{name}.lock"
+    build_lock, swap_lock = demo_locks(folder)
     problem = None
     if not rebuild:
-        with file_lock(lock, shared=True, waiting=f"hessview: waiting for another process building {folder}"):
+        with file_lock(swap_lock, shared=True):
             try:
                 return _read(folder, name, settings, progress)
             except CacheError as error:
                 problem = error
     seen = _build_id(folder)  # a build finished while we wait for the lock is reused, even by rebuild
     try:
-        with file_lock(lock, waiting=f"hessview: waiting for another process building {folder}"):
+        with file_lock(build_lock, waiting=f"hessview: waiting for another process building {folder}"):
             if not rebuild or _build_id(folder) != seen:
-                try:
-                    return _read(folder, name, settings, progress)
-                except CacheError as error:
-                    problem = error
+                with file_lock(swap_lock, shared=True):
+                    try:
+                        return _read(folder, name, settings, progress)
+                    except CacheError as error:
+                        problem = error
             _report(problem, name, "rebuilding it")
             problem = None  # reported
-            _build_into_place(folder, name, settings, progress)
-            return _read(folder, name, settings, progress)
+            _build_into_place(folder, name, settings, progress, swap_lock)
+            with file_lock(swap_lock, shared=True):
+                return _read(folder, name, settings, progress)
     except OSError as error:  # the cache cannot be written (read-only, full): build in memory
         _report(problem, name, "building it in memory")
         logger.warning(
@@ -288,8 +292,17 @@ def _read(folder: Path, name: str, settings: dict, progress: bool) -> Demo:
     )
 
 
-def _build_into_place(folder: Path, name: str, settings: dict, progress: bool) -> None:
-    """Build into a temporary folder next to ``folder``, then rename it into place (hold the lock)."""
+def demo_locks(folder: Path) -> tuple[Path, Path]:
+    """The demo's two lock files: one builder at a time; readers (shared) against the swap (exclusive).
+
+    A builder holds the first for the whole build and the second only while it renames its finished
+    folder into place, so readers of a complete cache never wait for a rebuild.
+    """
+    return folder.parent / f".{folder.name}.lock", folder.parent / f".{folder.name}.swap.lock"
+
+
+def _build_into_place(folder: Path, name: str, settings: dict, progress: bool, swap_lock: Path) -> None:
+    """Build into a temporary folder next to ``folder``, then rename it into place (hold the build lock)."""
     root = folder.parent
     for leftover in root.glob(f".{name}.build-*"):  # from builders killed mid-build (we hold the lock)
         shutil.rmtree(leftover, ignore_errors=True)
@@ -297,9 +310,10 @@ def _build_into_place(folder: Path, name: str, settings: dict, progress: bool) -
     old = root / f".{name}.build-old-{uuid.uuid4().hex}"
     try:
         _build(scratch, name, settings, progress)
-        if folder.exists() or folder.is_symlink():
-            os.rename(folder, old)  # a directory cannot replace a non-empty one in one step
-        os.rename(scratch, folder)
+        with file_lock(swap_lock):  # readers are out for the two renames only
+            if folder.exists() or folder.is_symlink():
+                os.rename(folder, old)  # a directory cannot replace a non-empty one in one step
+            os.rename(scratch, folder)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

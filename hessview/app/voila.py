@@ -55,11 +55,12 @@ def demo_fingerprint(name: str) -> str | None:
     """SHA-256 of a built demo's cached files (names and bytes), or None when it is not built.
 
     A demo's folder (``cache_dir("demos") / name``) is renamed into place complete (see
-    :func:`hessview.app.demos.load_demo`); it is read under the demo's shared lock, so a rebuild in
-    another process is never seen half-way. Hidden files are unfinished atomic writes.
+    :func:`hessview.app.demos.load_demo`); it is read under the demo's shared swap lock, so a rebuild
+    in another process is never seen half-way, and a running rebuild does not hold the app up.
+    Hidden files are unfinished atomic writes.
     """
     folder = cache_dir("demos") / name
-    with file_lock(folder.parent / f".{name}.lock", shared=True):
+    with file_lock(folder.parent / f".{name}.swap.lock", shared=True):  # see demos.demo_locks
         if not (folder / "meta.json").is_file():
             return None
         digest = hashlib.sha256()

@@ -33,9 +33,10 @@ class CacheError(ValueError):
     """A cached file is missing, damaged, of an unknown format or made with other settings.
 
     The message names the file, what is wrong with it and how to make it again; ``path`` is the file,
-    ``problem`` the reason and ``kind`` one of ``"missing"``, ``"stale"`` (made with other settings,
-    nothing is wrong with it) or ``"damaged"`` (truncated, edited, swapped, unreadable, of an unknown
-    format, or written before hessview stored checksums).
+    ``problem`` the reason, ``detail`` the message without the advice, and ``kind`` one of
+    ``"missing"``, ``"stale"`` (made with other settings, nothing is wrong with it) or ``"damaged"``
+    (truncated, edited, swapped, unreadable, of an unknown format, or written before hessview stored
+    checksums).
 
     >>> str(CacheError("/c/x.npz", "truncated", "hessview build --rebuild ising"))
     '/c/x.npz: truncated; rebuild it with `hessview build --rebuild ising`'
@@ -43,11 +44,11 @@ class CacheError(ValueError):
 
     def __init__(self, path, problem: str | None = None, remedy: str | None = None, *, kind: str = "damaged"):
         if problem is None:  # CacheError("a whole message"), as subclasses elsewhere may raise it
-            self.path, self.problem, self.kind = None, str(path), kind
+            self.path, self.problem, self.kind, self.detail = None, str(path), kind, str(path)
             super().__init__(str(path))
             return
         self.path, self.problem, self.kind = Path(path), problem, kind
-        text = f"{path}: {problem}"
+        self.detail = text = f"{path}: {problem}"  # without the remedy, for a caller that acts on it
         if remedy:
             text += f"; rebuild it with `{remedy}`" if remedy.startswith("hessview ") else f"; {remedy}"
         super().__init__(text)

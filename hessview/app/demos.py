@@ -182,7 +182,7 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
 def _report(problem: CacheError | None, name: str, action: str) -> None:
     """Log why a cached demo is not used, in one line (nothing when it simply was never built)."""
     if problem is not None and problem.kind != "missing":
-        logger.warning("hessview: cached %r demo not used: %s; %s now", name, problem, action)
+        logger.warning("hessview: cached %r demo not used: %s; %s now", name, problem.detail, action)
 
 
 def _remedy(name: str) -> str:

@@ -176,7 +176,9 @@ def prepare(
         return path
     except CacheError as error:
         if error.kind != "missing":
-            logger.warning("hessview: cached explorer results not used: %s; computing them again", error)
+            logger.warning(
+                "hessview: cached explorer results not used: %s; computing them again", error.detail
+            )
     network, tb = load_model_and_toolbox(toolbox, model, weights, progress=progress)
     X_train = tb.X_train.detach().cpu().numpy()
     if "X_test" in fields:

@@ -170,7 +170,9 @@ def demo_explorer(name: str | None = None, *, n_resamples: int = 200, seed: int 
             cached = _read_cached(results_path(name, n_resamples, seed), key)
         except CacheError as error:
             if error.kind != "missing":
-                logger.warning("hessview: cached explorer results not used: %s; computing them again", error)
+                logger.warning(
+                    "hessview: cached explorer results not used: %s; computing them again", error.detail
+                )
     results, X_train, fields = cached or _compute(name, n_resamples, seed)
     options = dict(
         x=results.x,

@@ -49,7 +49,7 @@ def load_arrays(path: Path) -> dict[str, np.ndarray] | None:
         return load_npz(path, key=path.name)
     except CacheError as error:
         if error.kind != "missing":
-            logger.warning("hessview: cached data set not used: %s; computing it again", error)
+            logger.warning("hessview: cached data set not used: %s; computing it again", error.detail)
         return None
 
 

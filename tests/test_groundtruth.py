@@ -117,6 +117,27 @@ def test_retrain_equals_independent_lbfgs(logistic):
     assert float((flat_params(retrained) - before).abs().max()) > 1e-4
 
 
+def test_retrain_of_an_ill_conditioned_model_equals_independent_lbfgs(logistic):
+    """A feature in other units (x30): condition number above 1e3, L-BFGS preconditioned by the curvature."""
+    _, _, X, y, _, _ = logistic
+    Xs = X.clone()
+    Xs[:, 3] *= 30.0
+    d = X.shape[1]
+    logits = lambda t, Z: linear_logits(t, Z, d)  # noqa: E731
+    theta = scipy_minimise(logits, Xs, y, WD, np.zeros(2 * d + 2))
+    model = nn.Linear(d, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(theta[: 2 * d].view(2, d))
+        model.bias.copy_(theta[2 * d :])
+    tb = HessianToolbox(model, Xs, y, weight_decay=WD, progress=False).fit()
+    assert tb.lambda_max_ > 1e3 * tb.lambda_min_ and tb._gt_problem().preconditioner is not None
+    remove = np.arange(0, 150, 3)
+    keep = torch.from_numpy(np.setdiff1d(np.arange(150), remove))
+    oracle = scipy_minimise(logits, Xs[keep], y[keep], WD, np.zeros(2 * d + 2))
+    retrained = tb.retrain(remove, tol=1e-9)
+    np.testing.assert_allclose(flat_params(retrained).numpy(), oracle.numpy(), rtol=0, atol=1e-6)
+
+
 def test_retrain_warns_with_the_gradient_norm_when_not_converged(logistic):
     tb = logistic[0]
     with pytest.warns(ApproximationWarning, match="largest gradient norm reached"):

@@ -32,13 +32,29 @@ from hessview.engine.retrain import (
     retrain_many,
 )
 
+PRECONDITION_CONDITION = 1e3
+
 
 class GroundTruthMixin:
     """Methods of :class:`~hessview.engine.toolbox.HessianToolbox` that compare influence with retraining."""
 
     # ------------------------------------------------------------------ helpers
     def _gt_problem(self) -> RetrainProblem:
-        return RetrainProblem(self.flat, self.X_train, self.y_train, self.loss, self.weight_decay)
+        """The retraining problem, preconditioned by :math:`V|\\Lambda|^{-1/2}` if exact and ill-conditioned.
+
+        Only above a condition number ``max|lambda| / min|lambda|`` of ``PRECONDITION_CONDITION``: on the
+        Ising demo's CNN (1.4e4) it cut a retraining from over 1,100 evaluations (not converged) to 63-260;
+        on the test suite's MLP (380) plain L-BFGS was 2-5x faster.
+        """
+        key = (id(self.eigenvectors), self.method_)
+        cached = self.__dict__.get("_gt_problem_cache")
+        if cached is None or cached[0] != key:
+            M, lam = None, self.eigenvalues.abs()
+            if self.method_ == "exact" and float(lam.max()) > PRECONDITION_CONDITION * float(lam.min()):
+                M = self.eigenvectors / lam.clamp_min(1e-8 * float(lam.max())).sqrt()
+            problem = RetrainProblem(self.flat, self.X_train, self.y_train, self.loss, self.weight_decay, M)
+            self._gt_problem_cache = cached = (key, problem)
+        return cached[1]
 
     def _retrain_tol(self, tol: float | None) -> float:
         return default_tol(self.median_sample_gradient_norm_) if tol is None else float(tol)

@@ -49,13 +49,21 @@ class _Converged(Exception):
 
 @dataclass(frozen=True)
 class RetrainProblem:
-    """Everything a worker needs to retrain: the model copy, the training data, loss and weight decay."""
+    """What a worker needs to retrain: the model copy, the training data, loss, weight decay, preconditioner.
+
+    ``preconditioner`` ``M`` (``P x P``, optional): L-BFGS then runs in the coordinates ``z`` of
+    :math:`\\theta = \\theta_0 + M z`, that is with the initial inverse-Hessian guess :math:`M M^T`;
+    the minimiser is the same. With :math:`M = V |\\Lambda|^{-1/2}` from the fitted curvature the
+    problem starts well conditioned: on the Ising demo's CNN (50 parameters, condition number 1.4e4) a
+    retraining on half the data took 63-260 evaluations instead of over 1,100-1,700 (not converged).
+    """
 
     flat: FlatModel
     X: torch.Tensor
     y: torch.Tensor
     loss: str
     weight_decay: float
+    preconditioner: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -73,41 +81,43 @@ def retrain_theta(
 ) -> Retrained:
     """Minimise :math:`R_{-S}` over the kept points ``keep`` (indices) from ``theta0`` by L-BFGS.
 
-    Stops when the gradient's 2-norm is at most ``tol``, after ``maxiter`` iterations, or when the line search
-    stalls in float64 rounding (then ``converged`` is False); returns the iterate with the smallest
-    gradient norm seen.
+    PyTorch's L-BFGS (strong-Wolfe line search) runs in the coordinates of ``problem.preconditioner``
+    when it is given (see :class:`RetrainProblem`). It ends early when its direction stops descending
+    (stale curvature pairs) or its line search stalls in float64 rounding; it is then restarted from the
+    best point with a fresh history, alternating preconditioned and plain coordinates (the
+    preconditioner, the curvature at ``theta0``, can mislead far from it), while a round of restarts
+    still halves the gradient norm. Stops when the gradient's 2-norm with respect to theta is at most
+    ``tol`` or after ``maxiter`` iterations in all (then ``converged`` is False); returns the iterate with
+    the smallest gradient norm seen.
     """
-    loss = get_loss(problem.loss)
-    X, y, wd, flat = problem.X[keep], problem.y[keep], problem.weight_decay, problem.flat
-    param = theta0.detach().clone().requires_grad_(True)
-    best = {"norm": math.inf, "theta": param.detach().clone()}
     if maxiter < 1:
         raise ValueError(f"maxiter must be at least 1, not {maxiter}")
+    loss = get_loss(problem.loss)
+    X, y, wd, flat = problem.X[keep], problem.y[keep], problem.weight_decay, problem.flat
+    coordinates = [None] if problem.preconditioner is None else [problem.preconditioner, None]
+    best = {"norm": math.inf, "theta": theta0.detach().clone()}
+    n_iter, attempt, stale = 0, 0, 0
+    while n_iter < maxiter and best["norm"] > tol and stale < len(coordinates):
+        before = best["norm"]
+        M = coordinates[attempt % len(coordinates)]
+        attempt += 1
+        start = best["theta"].clone()
+        param = (start.clone() if M is None else torch.zeros_like(start)).requires_grad_(True)
 
-    def closure():
-        param.grad = None
-        with TRANSFORM_LOCK, torch.enable_grad():
-            value = loss.per_sample(flat(param, X), y).mean() + wd / 2 * (param @ param)
-            value.backward()
-        norm = float(param.grad.norm())
-        if norm < best["norm"]:
-            best["norm"], best["theta"] = norm, param.detach().clone()
-        if norm <= tol:
-            raise _Converged
-        return value
+        def closure(param=param, start=start, M=M):
+            param.grad = None
+            with TRANSFORM_LOCK, torch.enable_grad():
+                theta = param if M is None else start + M @ param
+                theta.retain_grad()
+                value = loss.per_sample(flat(theta, X), y).mean() + wd / 2 * (theta @ theta)
+                value.backward()
+            norm = float(theta.grad.norm())
+            if norm < best["norm"]:
+                best.update(norm=norm, theta=theta.detach().clone())
+            if norm <= tol:
+                raise _Converged
+            return value
 
-    n_iter, previous = 0, math.inf
-    closure_value = closure  # the first call also records the starting point's gradient norm
-    try:
-        closure_value()
-    except _Converged:
-        return Retrained(best["theta"], best["norm"], 0, True)
-    # PyTorch's L-BFGS ends early when its direction stops descending (stale curvature pairs) or the line
-    # search stalls: restart it from the best point with a fresh history while that still helps
-    while n_iter < maxiter and best["norm"] > tol and best["norm"] < 0.5 * previous:
-        previous = best["norm"]
-        with torch.no_grad():
-            param.copy_(best["theta"])
         optimiser = torch.optim.LBFGS(
             [param],
             lr=1.0,
@@ -123,6 +133,7 @@ def retrain_theta(
         except _Converged:
             pass
         n_iter += max(1, int(optimiser.state[param].get("n_iter", 0)))
+        stale = 0 if best["norm"] < 0.5 * before else stale + 1
     return Retrained(best["theta"], best["norm"], n_iter, best["norm"] <= tol)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from hessview._io import CacheError, cache_dir, load_npz, logger
 
-RESULTS_VERSION = "1"
+RESULTS_VERSION = "2"  # 2: ranking stability
 TEXT_FIELDS = ("x_label", "title")
 ENVIRONMENT = {
     "toolbox": "HESSVIEW_TOOLBOX",

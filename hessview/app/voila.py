@@ -29,7 +29,7 @@ from hessview.widgets.explorer import Explorer
 from hessview.widgets.results import ExplorerResults
 
 DEFAULT_DEMO = "fermi-hubbard"
-RESULTS_VERSION = "4"  # 3: measurement fields; 4: checksummed files (hessview._io.save_npz)
+RESULTS_VERSION = "5"  # 3: measurement fields; 4: checksummed files (hessview._io.save_npz); 5: stability
 APP_FIELDS = ("title", "x_label", "render", "class_names")  # what the app shows besides the results
 
 

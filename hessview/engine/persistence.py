@@ -19,10 +19,12 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from hessview._io import CacheError
+
 FORMAT = "hessview.toolbox/2"
 
 
-class CorruptCacheError(ValueError):
+class CorruptCacheError(CacheError):
     """A saved file is damaged, of another format or made for something else; the message says what to do."""
 
 

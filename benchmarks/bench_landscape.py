@@ -20,6 +20,16 @@ nptyping`` and pass ``--topsearch /tmp/topsearch-pkgs``; the script then restore
 nptyping names and stubs the molecular modules (ase, rdkit) that its non-atomic basin-hopping never calls.
 
 Run:  .venv/bin/python benchmarks/bench_landscape.py --seeds 5 --steps 30 --topsearch /tmp/topsearch-pkgs
+
+``--connect`` benchmarks connection instead: one set of basin-hopping minima (hessview, a 4-4-2 tanh network
+on 20 points of an XOR-like rule, weight decay 1e-3) is handed to hessview's ``connect()`` and to topsearch's
+``NetworkSampling`` (``ConnectUnconnected`` pair selection, NEB + hybrid eigenvector-following), side by side
+in one run, and each result is checked by one rule: the connected sets, and how many stored transition states
+are first-order saddles (exactly one negative eigenvalue of the exact Hessian) with max |gradient| < 1e-6
+(topsearch's own convergence test):
+
+      .venv/bin/python benchmarks/bench_landscape.py --connect --steps 15 --cycles 3 \
+          --topsearch /tmp/topsearch-pkgs
 """
 
 from __future__ import annotations
@@ -213,13 +223,136 @@ def distinct(network, found):
     return len(kept)
 
 
+def saddle_check(land, coords_list) -> int:
+    """How many points are first-order saddles with max |gradient| < 1e-6 (exact Hessian)."""
+    from hessview.landscape.quench import analyse
+
+    good = 0
+    for coords in coords_list:
+        point = analyse(land.loss, np.asarray(coords, dtype=float))
+        good += int(point.n_negative == 1 and np.abs(point.gradient).max() < 1e-6)
+    return good
+
+
+def connect_benchmark(args) -> None:
+    """hessview ``connect()`` against topsearch's connection sampling on the same stored minima."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 4))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    land = Landscape(X, y, hidden=4, weight_decay=1e-3, seed=0)
+    land.explore(args.steps, temperature=1.0, step_size=3.0, progress=False)
+    minima = land.minima
+    print(
+        f"network 4-4-2 tanh ({land.network.n_params} weights), 20 samples, weight decay 1e-3; "
+        f"{args.steps} basin-hopping steps -> {len(minima)} minima handed to both tools"
+    )
+    rows = []
+    classes, status = import_topsearch(args.topsearch)
+    if classes is not None:
+        import networkx as nx
+        from topsearch.data.coordinates import StandardCoordinates
+        from topsearch.data.kinetic_transition_network import KineticTransitionNetwork
+        from topsearch.potentials.potential import Potential
+        from topsearch.sampling.exploration import NetworkSampling
+        from topsearch.similarity.similarity import StandardSimilarity
+        from topsearch.transition_states.hybrid_eigenvector_following import HybridEigenvectorFollowing
+        from topsearch.transition_states.nudged_elastic_band import NudgedElasticBand
+
+        class NetworkLoss(Potential):  # hessview's exact loss, gradient and Hessian for topsearch
+            def function(self, x):
+                return land.loss.value(np.asarray(x))
+
+            def gradient(self, x, displacement=None):
+                return land.loss.value_and_gradient(np.asarray(x))[1]
+
+            def function_gradient(self, x):
+                return land.loss.value_and_gradient(np.asarray(x))
+
+            def hessian(self, x, displacement=None):
+                return land.loss.hessian(np.asarray(x))
+
+        np.random.seed(0)
+        P = land.network.n_params
+        ktn = KineticTransitionNetwork()
+        for m in minima:
+            ktn.add_minimum(m.coords.copy(), m.loss)
+        coords = StandardCoordinates(ndim=P, bounds=[(-100.0, 100.0)] * P)
+        potential = NetworkLoss()
+        similarity = StandardSimilarity(distance_criterion=1e-3, energy_criterion=1e-6)
+        sampler = NetworkSampling(
+            ktn,
+            coords,
+            None,
+            HybridEigenvectorFollowing(potential, ts_conv_crit=1e-6, ts_steps=100, pushoff=1e-2),
+            NudgedElasticBand(
+                potential, force_constant=1.0, image_density=5.0, max_images=20, neb_conv_crit=1e-2
+            ),
+            similarity,
+        )
+        here = os.getcwd()
+        with tempfile.TemporaryDirectory() as scratch, single_thread():
+            os.chdir(scratch)  # topsearch writes a 'logfile' into the working directory
+            try:
+                t0 = time.perf_counter()
+                for _ in range(args.cycles):
+                    pairs = sampler.select_minima(coords, "ConnectUnconnected", 3)
+                    if not pairs:
+                        break
+                    sampler.run_connection_attempts(pairs)
+                wall = time.perf_counter() - t0
+            finally:
+                os.chdir(here)
+        sets = sorted((len(c) for c in nx.connected_components(ktn.G)), reverse=True)
+        edges = [data["coords"] for _, _, data in ktn.G.edges(data=True)]
+        rows.append(
+            (
+                f"topsearch 0.0.3 NetworkSampling, {args.cycles} ConnectUnconnected cycles",
+                wall,
+                ktn.n_minima,
+                sets,
+                len(edges),
+                saddle_check(land, edges),
+            )
+        )
+    t0 = time.perf_counter()
+    land.connect(progress=False)
+    wall = time.perf_counter() - t0
+    tss = land.transition_states
+    rows.insert(
+        0,
+        (
+            "hessview `connect()`",
+            wall,
+            len(land.minima),
+            [len(s) for s in land.connected_sets()],
+            len(tss),
+            saddle_check(land, [t.coords for t in tss]),
+        ),
+    )
+    print(f"topsearch: {status}\n")
+    print(
+        "| tool | wall s | minima after | connected sets (sizes) | transition states | first-order saddles |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, wall, n_min, sets, n_ts, good in rows:
+        shown = ", ".join(map(str, sets[:8])) + (", ..." if len(sets) > 8 else "")
+        print(f"| {name} | {wall:.1f} | {n_min} | {len(sets)}: {shown} | {n_ts} | {good}/{n_ts} |")
+    if len(rows) == 2:
+        print(f"\nwall-time ratio topsearch : hessview = {rows[1][1] / rows[0][1]:.1f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--topsearch", default=None, help="folder of a --no-deps topsearch install")
+    parser.add_argument("--connect", action="store_true", help="benchmark connect() instead")
+    parser.add_argument("--cycles", type=int, default=3, help="--connect: topsearch connection cycles")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.connect:
+        connect_benchmark(args)
+        return
     X, y = data()
     reference = Landscape(X, y, hidden=HIDDEN, weight_decay=WEIGHT_DECAY)
     network = reference.network

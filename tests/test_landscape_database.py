@@ -81,6 +81,18 @@ def test_other_format_version_is_refused(tmp_path):
         Landscape(X, y, hidden=2, db=path)
 
 
+def test_database_of_an_older_hessview_is_refused_with_what_to_do(tmp_path):
+    X, y = xor_data()
+    path = tmp_path / "old.sqlite"
+    Landscape(X, y, hidden=2, db=path).close()
+    with sqlite3.connect(path) as connection:  # what format 1 wrote: no format marker
+        connection.execute("DELETE FROM meta WHERE key = 'format'")
+    connection.close()
+    with pytest.raises(DatabaseError, match="older hessview") as info:
+        Landscape(X, y, hidden=2, db=path)
+    assert str(path.resolve()) in str(info.value) and "--rebuild" in str(info.value)
+
+
 def test_second_writer_in_the_same_process_is_refused_until_the_first_closes(tmp_path):
     X, y = xor_data()
     path = tmp_path / "shared.sqlite"

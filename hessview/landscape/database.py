@@ -189,6 +189,12 @@ class Database:
             marker = json.loads(marker) if marker is not None else None
         except json.JSONDecodeError:
             marker = None
+        if marker is None and tables >= _TABLES and "landscape" in self._meta_keys():
+            raise DatabaseError(
+                f"landscape database {self.path} was written by an older hessview (format version 1, before "
+                "standardised inputs): its minima do not belong to this landscape; delete it (or rebuild "
+                "the app's landscapes: hessview app landscape --rebuild) and explore again"
+            )
         if not isinstance(marker, dict) or marker.get("name") != _MARKER or not tables >= _TABLES:
             raise DatabaseError(
                 f"{self.path} is a SQLite file but not a hessview landscape database (tables: "
@@ -205,6 +211,12 @@ class Database:
                 f"landscape database {self.path} was made for another landscape (other data, network, "
                 f"weight decay or seed): stored {stored}, asked {wanted}; pass another db= path"
             )
+
+    def _meta_keys(self) -> set[str]:
+        try:
+            return {row[0] for row in self.connection.execute("SELECT key FROM meta")}
+        except sqlite3.Error:
+            return set()
 
     # --------------------------------------------------------------------------- statements
     def _execute(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:

@@ -34,9 +34,10 @@ import torch
 
 from hessview import HessianToolbox
 from hessview.datasets import fermi_hubbard_split
-from hessview.engine.distributed import Shard
+from hessview.engine.distributed import Shard, make_shards
 from hessview.engine.hessian import available_memory, hessian_matmat_forward
 from hessview.engine.losses import per_sample_loss
+from hessview.engine.params import FlatModel
 from hessview.models import CNN1D_tiny_ED, MinMaxScaler, load_published_weights
 
 
@@ -104,6 +105,7 @@ def main():
     parser.add_argument(
         "--n-train", type=int, default=1000, help="training inputs of --hessian-speed (spread)"
     )
+    parser.add_argument("--float32", action="store_true", help="--hessian-speed: also float32 products")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # the published weights are not a stationary point; timing only
@@ -332,6 +334,26 @@ def speed_row(args, rate, label, model, X, y):
         flush=True,
     )
     print(f"    wall-clock medians (now, before, row-by-row): {[round(w, 1) for w in WALL]}", flush=True)
+    if args.float32:
+        float32_products(args, model, X, y, tb.hessian - wd * torch.eye(P, dtype=torch.float64))
+
+
+def float32_products(args, model, X, y, truth):
+    """The dense Hessian (shards of 10, summed in float64) from float32 products against float64 ones."""
+
+    def hessian(dtype):
+        shards = make_shards(FlatModel(model, dtype), X.to(dtype), y, "cross_entropy", 10)
+        return sum(shard.dense_curvature("hessian", 128).double() for shard in shards)
+
+    t64, H64 = timed(lambda: hessian(torch.float64), args.repeats)
+    t32, H32 = timed(lambda: hessian(torch.float32), args.repeats)
+    scale = float(truth.abs().max())
+    print(
+        f"    Hessian alone: float64 products {t64:.1f} s, float32 products {t32:.1f} s ({t64 / t32:.2f}x); "
+        f"max |H32 - H64| / max |H| = {float((H32 - truth).abs().max()) / scale:.1e} "
+        f"(float64 vs fit: {float((H64 - truth).abs().max()) / scale:.0e})",
+        flush=True,
+    )
 
 
 def row_by_row_rows(model, X, y, weight_decay, rows):

@@ -106,6 +106,9 @@ def main():
         "--n-train", type=int, default=1000, help="training inputs of --hessian-speed (spread)"
     )
     parser.add_argument("--float32", action="store_true", help="--hessian-speed: also float32 products")
+    parser.add_argument(
+        "--cases", default="published,untrained,random", help="--hessian-speed problems, comma-separated"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # the published weights are not a stationary point; timing only
@@ -278,11 +281,12 @@ def speed_cases(args):
     torch.manual_seed(0)
     untrained = CNN1D_tiny_ED().double().eval()
     published = load_published_weights(torch.float64).eval()
-    return [
-        (f"published weights, {len(X)} training inputs", published, X, y),
-        (f"untrained (seed 0), {len(X)} training inputs", untrained, X, y),
-        (f"published weights, {args.n_random} random inputs", published, X_random, y_random),
-    ]
+    cases = {
+        "published": (f"published weights, {len(X)} training inputs", published, X, y),
+        "untrained": (f"untrained (seed 0), {len(X)} training inputs", untrained, X, y),
+        "random": (f"published weights, {args.n_random} random inputs", published, X_random, y_random),
+    }
+    return [cases[name] for name in args.cases.split(",")]
 
 
 def hessian_speed(args):

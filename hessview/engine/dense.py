@@ -46,6 +46,11 @@ def activation_widths(flat: FlatModel, x: torch.Tensor, groups: list[tuple[int, 
     The tangents of a group's block rows live in those activations, so this sets how many samples a pass can
     hold. Measured by hooks on one forward pass of one sample ``x``; a group whose module is never seen as
     called (functional parameters) gets the widest activation overall, or the input size if none is seen.
+
+    >>> from torch import nn
+    >>> flat = FlatModel(nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2)), torch.float64)
+    >>> activation_widths(flat, torch.zeros(3, dtype=torch.float64), parameter_groups(flat))
+    [8, 2]
     """
     events: list[tuple[str, int]] = []  # (module name, -1 when it starts, else its output size)
     handles = []

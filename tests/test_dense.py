@@ -178,6 +178,19 @@ def test_toolbox_fit_equals_autograd_screened_and_not(curvature, screen, recwarn
     assert_relative(tb.hessian, expected)
 
 
+def test_fit_when_every_sample_is_screened_equals_autograd(recwarn):
+    """No sample left to form the curvature from (this used to fail in make_shards); exact all the same."""
+    model, X, y, loss = make_case("relu-mlp-ce")
+    X = 1000 * X
+    p = torch.softmax(model(X), dim=1).detach()
+    X = X[(1 - p.max(dim=1).values) < 2.0**-53]  # the samples the model is sure of, in float64
+    assert len(X) >= 2
+    y = model(X).argmax(dim=1)
+    tb = HessianToolbox(model, X, y, weight_decay=0.01, progress=False).fit()
+    expected = autograd_hessian(model, X, y, loss, scale=1 / len(X))
+    assert_relative(tb.hessian, expected + 0.01 * torch.eye(tb.n_params, dtype=torch.float64))
+
+
 def test_shards_of_the_papers_cnn_sum_to_the_autograd_hessian():
     """The paper's CNN (published weights, im2col first layer, max- and average-pooling) on four inputs."""
     g = torch.Generator().manual_seed(0)

@@ -160,7 +160,7 @@ def make_shards(flat: FlatModel, X, y, loss: str, shard_size: int, n_total: int 
     ``n_total``: the size of the whole training set when ``X`` is a subset of it (sums stay means over it).
     """
     n = X.shape[0]
-    shard_size = even_size(n, shard_size)
+    shard_size = max(1, even_size(n, shard_size))  # no shard at all when n = 0 (every sample screened)
     return [
         Shard(flat, X[i : i + shard_size], y[i : i + shard_size], loss, n_total or n, i)
         for i in range(0, n, shard_size)

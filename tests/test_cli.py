@@ -88,13 +88,19 @@ def test_build_loads_every_demo_with_progress(monkeypatch):
     monkeypatch.setattr(
         hessview.app.demos,
         "load_demo",
-        lambda name, *, progress=True, rebuild=False: calls.append((name, progress, rebuild)),
+        lambda name, *, progress=True, rebuild=False, retrain=False: calls.append(
+            (name, progress, rebuild, retrain)
+        ),
     )
     assert cli.main(["build"]) == 0
-    assert calls == [(name, True, False) for name in cli.DEMOS]
+    assert calls == [(name, True, False, False) for name in cli.DEMOS]
     calls.clear()
     assert cli.main(["build", "ising", "--rebuild"]) == 0
-    assert calls == [("ising", True, True)]
+    assert calls == [("ising", True, True, False)]
+    calls.clear()
+    monkeypatch.setattr(hessview.app.demos, "compare_with_shipped", lambda demo: {"same_prediction": 1.0})
+    assert cli.main(["build", "fermi-hubbard", "--retrain"]) == 0
+    assert calls == [("fermi-hubbard", True, False, True)]
 
 
 def listening_addresses(port: int) -> set[str]:

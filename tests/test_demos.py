@@ -26,9 +26,11 @@ SMALL = {
     "fermi-hubbard": {
         "version": 1,
         "train_stride": 100,
+        "architecture": {"smooth": True},
         "weight_decay": 1e-2,
         "epochs": 100,
         "lbfgs_steps": 100,
+        "newton_steps": 5,
         "seed": 0,
     },
 }
@@ -103,3 +105,48 @@ def test_changed_settings_or_interrupted_build_rebuild(small, monkeypatch):
 def test_unknown_demo_raises(name, error):
     with pytest.raises(error, match="demo"):
         demos.load_demo(name)
+
+
+def forbid_training(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("trained although weights are shipped")
+
+    monkeypatch.setattr(demos, "train", fail)
+
+
+def test_shipped_weights_are_used_when_their_settings_match_and_retrain_reproduces_them(small, monkeypatch):
+    from hessview.models import shipped
+
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", small / "shipped")
+    trained = demos.load_demo("ising", progress=False)  # nothing shipped yet: trains
+    assert trained.report["weights"] == "trained"
+    shipped.ship_weights("ising", trained.model, {"settings": demos.DEMO_SETTINGS["ising"]})
+
+    forbid_training(monkeypatch)
+    from_package = demos.load_demo("ising", progress=False, rebuild=True)
+    assert from_package.report["weights"] == "shipped"
+    for name, value in trained.model.state_dict().items():
+        torch.testing.assert_close(from_package.model.state_dict()[name], value, rtol=0, atol=0)
+    np.testing.assert_array_equal(
+        from_package.toolbox.predict(from_package.X_test), trained.toolbox.predict(trained.X_test)
+    )
+
+    demos.DEMO_SETTINGS["ising"]["seed"] = 1  # other settings: the shipped weights no longer apply
+    with pytest.raises(AssertionError, match="shipped"):
+        demos.load_demo("ising", progress=False)
+    monkeypatch.undo()
+    monkeypatch.setenv("HESSVIEW_CACHE_DIR", str(small))
+    monkeypatch.setattr(demos, "DEMO_SETTINGS", json.loads(json.dumps(SMALL)))
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", small / "shipped")
+
+    retrained = demos.load_demo("ising", progress=False, retrain=True)
+    assert retrained.report["weights"] == "retrained"
+    comparison = demos.compare_with_shipped(retrained)
+    assert comparison["same_prediction"] == 1.0 and comparison["max_probability_difference"] < 1e-6
+    assert comparison["parameter_relative_distance"] < 1e-6
+    assert comparison["influence_relative_difference"] < 1e-6 and comparison["top10_overlap_mean"] > 0.9
+
+    path = small / "shipped" / "ising.safetensors"
+    path.write_bytes(path.read_bytes()[:-1] + b" ")  # a damaged file is refused, not silently used
+    with pytest.raises(ValueError, match="SHA-256"):
+        demos.load_demo("ising", progress=False, rebuild=True)

@@ -12,6 +12,7 @@ from hessview.datasets import fermi_hubbard_chain, fermi_hubbard_grid
 from hessview.models import (
     CNN1D_tiny_ED,
     IsingCNN,
+    LogSumExpPool1d,
     MinMaxScaler,
     load_published_weights,
     sample_gradient_norms,
@@ -154,3 +155,76 @@ def test_published_weights_classify_the_reference_validation_set(tmp_path):
     state = torch.load(REFERENCE / "Conv1D_original_l005_12site.pt", map_location="cpu", weights_only=True)
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, state[name].double())
+
+
+def test_logsumexp_pool_is_a_smooth_max_between_mean_and_max():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 2, 18))
+    windows = x[..., :16].reshape(3, 2, 4, 4)
+    for t in (0.05, 1.0):
+        expected = t * np.log(np.mean(np.exp(windows / t), axis=-1))  # plain numpy, trailing 2 dropped
+        got = LogSumExpPool1d(4, temperature=t)(torch.as_tensor(x)).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+        assert np.all(got <= windows.max(-1) + 1e-12) and np.all(got >= windows.mean(-1) - 1e-12)
+    close = LogSumExpPool1d(4, temperature=1e-3)(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(close, windows.max(-1), atol=1e-3 * np.log(4))
+    with pytest.raises(ValueError, match="temperature"):
+        LogSumExpPool1d(4, temperature=0.0)
+
+
+def plain_cnn(state, x, smooth, t=0.1):
+    """The paper's CNN (or its smooth variant) written with torch.nn.functional alone."""
+    F = nn.functional
+
+    def pool(h):
+        if not smooth:
+            return F.max_pool1d(h, 4)
+        windows = h[..., : h.shape[-1] // 4 * 4].unflatten(-1, (-1, 4))
+        return t * (torch.logsumexp(windows / t, -1) - np.log(4))
+
+    act = F.softplus if smooth else F.relu
+    h = act(pool(F.conv1d(x, state["layer1.0.weight"], state["layer1.0.bias"], padding=1)))
+    h = act(pool(F.conv1d(h, state["layer2.0.weight"], state["layer2.0.bias"])))
+    h = act(F.avg_pool1d(F.conv1d(h, state["layer3.0.weight"], state["layer3.0.bias"], padding=1), 4))
+    return F.linear(h.flatten(1), state["fc1.weight"], state["fc1.bias"])
+
+
+@pytest.mark.parametrize("smooth", [False, True])
+def test_paper_cnn_and_its_smooth_variant_share_parameters_and_match_plain_torch(smooth):
+    paper = load_published_weights()
+    model = CNN1D_tiny_ED(smooth=smooth).double()
+    model.load_state_dict(paper.state_dict())
+    x = torch.rand(4, 1, 924, dtype=torch.float64)
+    expected = plain_cnn(paper.state_dict(), x, smooth)
+    torch.testing.assert_close(model.eval()(x), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(TypeError, match="smooth"):
+        CNN1D_tiny_ED(smooth="yes")
+
+
+def test_newton_steps_take_the_gradient_to_roundoff_at_the_same_minimum():
+    X, y = blobs()
+    kw = dict(weight_decay=1e-2, epochs=30, lbfgs_steps=20, seed=0, progress=False)
+    rough = train(small_net(), X, y, **kw)
+    polished = train(small_net(), X, y, newton_steps=10, **kw)
+    assert 0 < polished.newton_steps <= 10
+    assert independent_gradient(rough.model, X, y, 1e-2) > 1e-6
+    assert independent_gradient(polished.model, X, y, 1e-2) < 1e-13
+    # oracle: full Newton steps with plain autograd from the same L-BFGS end point
+    Xt, yt = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y)
+    model = rough.model
+    theta0 = torch.cat([p.detach().flatten() for p in model.parameters()])
+    shapes = [p.shape for p in model.parameters()]
+
+    def value(theta):
+        pieces = torch.split(theta, [int(np.prod(s)) for s in shapes])
+        w1, b1, w2, b2 = (p.view(s) for p, s in zip(pieces, shapes, strict=True))
+        logits = torch.tanh(Xt @ w1.T + b1) @ w2.T + b2
+        return nn.functional.cross_entropy(logits, yt) + 1e-2 / 2 * theta @ theta
+
+    expected = theta0
+    for _ in range(8):
+        gradient = torch.func.grad(value)(expected)
+        expected = expected - torch.linalg.solve(torch.func.hessian(value)(expected), gradient)
+    assert torch.func.grad(value)(expected).norm() < 1e-13
+    got = torch.cat([p.detach().flatten() for p in polished.model.parameters()])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-11)

@@ -114,13 +114,31 @@ def voila_command(notebook: Path, port: int, *, open_browser: bool) -> list[str]
     return command
 
 
-def build(names: list[str], *, rebuild: bool = False) -> None:
-    """Build (or load, when present) the caches of the named demos, with progress bars."""
-    from hessview.app.demos import load_demo
+def build(names: list[str], *, rebuild: bool = False, retrain: bool = False) -> None:
+    """Build (or load, when present) the caches of the named demos, with progress bars.
+
+    With ``retrain`` every model is trained from scratch instead of loaded from the shipped weights,
+    and how closely it reproduces them is printed (:func:`hessview.app.demos.compare_with_shipped`).
+    """
+    from hessview.app.demos import compare_with_shipped, load_demo
+    from hessview.models.shipped import shipped_record
 
     for name in names:
-        print(f"hessview: preparing the {name!r} demo", flush=True)
-        load_demo(name, progress=True, rebuild=rebuild)
+        print(f"hessview: {'retraining' if retrain else 'preparing'} the {name!r} demo", flush=True)
+        demo = load_demo(name, progress=True, rebuild=rebuild, retrain=retrain)
+        if not retrain:
+            continue
+        if shipped_record(name) is None:
+            print(f"hessview: no shipped weights of {name!r} to compare with", flush=True)
+            continue
+        try:
+            comparison = compare_with_shipped(demo)
+        except ValueError as error:
+            print(f"hessview: {error}", flush=True)
+            continue
+        print(f"hessview: {name!r} retrained vs shipped weights:", flush=True)
+        for key, value in comparison.items():
+            print(f"  {key}: {value:.3g}", flush=True)
 
 
 def _port(text: str) -> int:
@@ -176,6 +194,11 @@ def parser() -> argparse.ArgumentParser:
         "names", nargs="*", metavar="NAME", help=f"demos to build (default: all of {', '.join(DEMOS)})"
     )
     make.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
+    make.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train the models from scratch instead of loading the shipped weights, and compare the two",
+    )
     return top
 
 
@@ -189,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 command_line.error(
                     f"argument NAME: invalid choice: {name!r} (choose from {', '.join(DEMOS)})"
                 )
-        build(args.names or list(DEMOS), rebuild=args.rebuild)
+        build(args.names or list(DEMOS), rebuild=args.rebuild, retrain=args.retrain)
         return 0
     own_model = args.toolbox is not None or args.model is not None
     if own_model:

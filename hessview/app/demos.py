@@ -1,7 +1,9 @@
 """Ready-made demos: physics data, a trained model and its fitted ``HessianToolbox``, cached on disk.
 
-``load_demo(name)`` builds what is missing on first use (data, training, Hessian; a few minutes at
-most) and afterwards only reads files: the model's weights (safetensors), the toolbox (``tb.save``),
+``load_demo(name)`` builds what is missing on first use (data and Hessian, about a minute: the trained
+weights are shipped in the package, :mod:`hessview.models.shipped`, and used when they were made with
+the demo's current settings; otherwise, or with ``retrain=True``, the model is trained here, several
+minutes) and afterwards only reads files: the model's weights (safetensors), the toolbox (``tb.save``),
 the test set (``.npz``), a ``meta.json`` and a ``manifest.json`` with the SHA-256 of each, verified on
 every load.  Builds are atomic (a temporary folder renamed into place) and serialised by a file lock;
 a damaged cache is reported in one line and rebuilt, as is a demo whose settings changed; a cache that
@@ -38,6 +40,7 @@ from hessview._io import CacheError, atomic_path, cache_dir, file_lock, file_sha
 from hessview.datasets import CRITICAL_TEMPERATURE, FERMI_HUBBARD_GRIDS, fermi_hubbard_split, ising_2d
 from hessview.engine.toolbox import HessianToolbox
 from hessview.models import CNN1D_tiny_ED, IsingCNN, MinMaxScaler, train
+from hessview.models.shipped import load_shipped_weights, shipped_record
 
 #: The settings of each demo; changing one makes ``load_demo`` rebuild that demo's cache.
 DEMO_SETTINGS = {
@@ -114,7 +117,9 @@ class Demo:
     scaler: MinMaxScaler | None = None
 
 
-def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bool = False) -> Demo:
+def load_demo(
+    name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bool = False, retrain: bool = False
+) -> Demo:
     """Return the demo ``name`` (a key of ``DEMO_SETTINGS``), building its cache if needed.
 
     The cache is ``cache_dir("demos") / name``: the model, the toolbox, the test arrays, ``meta.json``
@@ -136,7 +141,11 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
         name: which demo.
         progress: show progress bars while building.
         rebuild: build again even when a matching cache exists (unless another process finishes a
-            build while this one waits for the lock: that fresh build is used).
+            build while this one waits for the lock: that fresh build is used). The shipped weights
+            are used when they fit the settings.
+        retrain: build again and train the model from scratch instead of loading the shipped weights
+            (implies ``rebuild``; never reuses another process's build); :func:`compare_with_shipped`
+            then says how close the two are.
     """
     if not isinstance(name, str):
         raise TypeError(f"demo name must be a string, got {type(name).__name__}")
@@ -146,6 +155,7 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
     folder = cache_dir("demos") / name
     build_lock, swap_lock = demo_locks(folder)
     problem = None
+    rebuild = rebuild or retrain
     if not rebuild:
         with file_lock(swap_lock, shared=True):
             try:
@@ -155,7 +165,7 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
     seen = _build_id(folder)  # a build finished while we wait for the lock is reused, even by rebuild
     try:
         with file_lock(build_lock, waiting=f"hessview: waiting for another process building {folder}"):
-            if not rebuild or _build_id(folder) != seen:
+            if not rebuild or (not retrain and _build_id(folder) != seen):
                 with file_lock(swap_lock, shared=True):
                     try:
                         return _read(folder, name, settings, progress)
@@ -163,7 +173,7 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
                         problem = error
             _report(problem, name, "rebuilding it")
             problem = None  # reported
-            _build_into_place(folder, name, settings, progress, swap_lock)
+            _build_into_place(folder, name, settings, progress, swap_lock, retrain)
             with file_lock(swap_lock, shared=True):
                 return _read(folder, name, settings, progress)
     except OSError as error:  # the cache cannot be written (read-only, full): build in memory
@@ -175,7 +185,7 @@ def load_demo(name: str = "fermi-hubbard", *, progress: bool = True, rebuild: bo
             name,
         )
     with tempfile.TemporaryDirectory(prefix=f"hessview-{name}-") as scratch:
-        _build(Path(scratch), name, settings, progress)
+        _build(Path(scratch), name, settings, progress, retrain)
         return _read(Path(scratch), name, settings, progress)
 
 
@@ -245,10 +255,10 @@ def _verify(folder: Path, name: str, settings: dict) -> dict:
     return meta
 
 
-def _new_model(name: str, meta: dict) -> nn.Module:
+def _new_model(name: str, settings: dict) -> nn.Module:
     if name.startswith("fermi-hubbard"):
-        return CNN1D_tiny_ED()
-    return IsingCNN(L=meta["settings"]["L"])
+        return CNN1D_tiny_ED(**settings.get("architecture", {}))
+    return IsingCNN(L=settings["L"])
 
 
 def _read(folder: Path, name: str, settings: dict, progress: bool) -> Demo:
@@ -256,7 +266,7 @@ def _read(folder: Path, name: str, settings: dict, progress: bool) -> Demo:
     meta = _verify(folder, name, settings)
     remedy = _remedy(name)
     try:
-        model = _new_model(name, meta).to(torch.float64)
+        model = _new_model(name, meta["settings"]).to(torch.float64)
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         model.eval()
     except Exception as error:
@@ -301,7 +311,9 @@ def demo_locks(folder: Path) -> tuple[Path, Path]:
     return folder.parent / f".{folder.name}.lock", folder.parent / f".{folder.name}.swap.lock"
 
 
-def _build_into_place(folder: Path, name: str, settings: dict, progress: bool, swap_lock: Path) -> None:
+def _build_into_place(
+    folder: Path, name: str, settings: dict, progress: bool, swap_lock: Path, retrain: bool = False
+) -> None:
     """Build into a temporary folder next to ``folder``, then rename it into place (hold the build lock)."""
     root = folder.parent
     for leftover in root.glob(f".{name}.build-*"):  # from builders killed mid-build (we hold the lock)
@@ -309,7 +321,7 @@ def _build_into_place(folder: Path, name: str, settings: dict, progress: bool, s
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}.build-", dir=root))
     old = root / f".{name}.build-old-{uuid.uuid4().hex}"
     try:
-        _build(scratch, name, settings, progress)
+        _build(scratch, name, settings, progress, retrain)
         with file_lock(swap_lock):  # readers are out for the two renames only
             if folder.exists() or folder.is_symlink():
                 os.rename(folder, old)  # a directory cannot replace a non-empty one in one step
@@ -319,7 +331,7 @@ def _build_into_place(folder: Path, name: str, settings: dict, progress: bool, s
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write(folder: Path, settings: dict, model, toolbox, arrays: dict, result, **meta) -> None:
+def _write(folder: Path, settings: dict, model, toolbox, arrays: dict, report: dict, **meta) -> None:
     """Write a demo's files into ``folder`` (a fresh build folder; the caller adds the manifest)."""
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "model.safetensors") as tmp:
@@ -328,21 +340,14 @@ def _write(folder: Path, settings: dict, model, toolbox, arrays: dict, result, *
     with atomic_path(folder / "arrays.npz") as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
     meta["settings"] = settings
-    meta["report"] = {
-        "loss": result.loss,
-        "gradient_norm": result.gradient_norm,
-        "median_sample_gradient_norm": result.median_sample_gradient_norm,
-        "train_accuracy": result.accuracy,
-        "lbfgs_steps": result.lbfgs_steps,
-        **meta.pop("extra_report", {}),
-    }
+    meta["report"] = {**report, **meta.pop("extra_report", {})}
     with atomic_path(folder / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
 
 
-def _build(folder: Path, name: str, settings: dict, progress: bool) -> None:
+def _build(folder: Path, name: str, settings: dict, progress: bool, retrain: bool = False) -> None:
     """Run the demo's builder into ``folder`` (a fresh folder), then write its manifest."""
-    _BUILDERS[name](folder, settings, progress)
+    _BUILDERS[name](folder, settings, progress, retrain)
     write_manifest(folder, name)
 
 
@@ -365,30 +370,55 @@ def write_manifest(folder: Path, name: str) -> Path:
     return folder / MANIFEST
 
 
-def _fit(model, X, y, settings, progress):
-    result = train(
-        model,
-        X,
-        y,
-        weight_decay=settings["weight_decay"],
-        epochs=settings["epochs"],
-        lbfgs_steps=settings["lbfgs_steps"],
-        seed=settings["seed"],
-        progress=progress,
-    )
+def _fit(name, X, y, settings, progress, retrain):
+    """The demo's model (shipped weights, or trained here) and its fitted toolbox, with a report."""
+    model = _new_model(name, settings)
+    record = None if retrain else shipped_record(name)
+    if record is not None and record["settings"] == settings:
+        model = model.to(torch.float64)
+        model.load_state_dict(load_shipped_weights(name))
+        model.eval()
+        weights = "shipped"
+    else:
+        if progress and not retrain:
+            print(f"hessview: no shipped weights for the {name!r} demo with these settings; training it")
+        train(
+            model,
+            X,
+            y,
+            weight_decay=settings["weight_decay"],
+            epochs=settings["epochs"],
+            lbfgs_steps=settings["lbfgs_steps"],
+            newton_steps=settings.get("newton_steps", 0),
+            seed=settings["seed"],
+            progress=progress,
+        )
+        weights = "retrained" if retrain else "trained"
     toolbox = HessianToolbox(model, X, y, weight_decay=settings["weight_decay"], progress=progress).fit()
-    return result, toolbox
+    with torch.no_grad():
+        outputs = toolbox.flat(toolbox.theta, toolbox.X_train)
+    report = {
+        "weights": weights,
+        "loss": float(torch.nn.functional.cross_entropy(outputs, toolbox.y_train))
+        + settings["weight_decay"] / 2 * float(toolbox.theta.square().sum()),
+        "gradient_norm": toolbox.gradient_norm_,
+        "median_sample_gradient_norm": toolbox.median_sample_gradient_norm_,
+        "train_accuracy": float((outputs.argmax(1) == toolbox.y_train).double().mean()),
+        "lambda_min": toolbox.lambda_min_,
+        "lambda_max": toolbox.lambda_max_,
+    }
+    return model, toolbox, report
 
 
-def _build_fermi_hubbard(folder: Path, settings: dict, progress: bool) -> None:
+def _build_fermi_hubbard(folder: Path, settings: dict, progress: bool, retrain: bool = False) -> None:
     train_set = fermi_hubbard_split(settings.get("split", "train"), progress=progress)
     train_set = train_set.subset(slice(None, None, settings.get("train_stride", 1)))
     test_set = fermi_hubbard_split("test", progress=progress)
     scaler = MinMaxScaler().fit(train_set.X)
     X_train = scaler.transform(train_set.X)[:, None, :]
     X_test = scaler.transform(test_set.X)[:, None, :]
-    model = CNN1D_tiny_ED()
-    result, toolbox = _fit(model, X_train, train_set.y, settings, progress)
+    name = "fermi-hubbard-window" if "split" in settings else "fermi-hubbard"
+    model, toolbox, report = _fit(name, X_train, train_set.y, settings, progress, retrain)
     arrays = {"X_test": X_test, "y_test": test_set.y, "x": test_set.V1, "train_x": train_set.V1}
     window = FERMI_HUBBARD_GRIDS[settings["split"]].split(":")[0] if "split" in settings else ""
     window = window.replace("training points with ", " (trained only on ") + ")" if window else ""
@@ -398,7 +428,7 @@ def _build_fermi_hubbard(folder: Path, settings: dict, progress: bool) -> None:
         model,
         toolbox,
         arrays,
-        result,
+        report,
         title=f"Extended Fermi-Hubbard chain, L = 12: Luttinger liquid vs CDW-I{window}",
         x_label="V1/J",
         render="1d",
@@ -407,7 +437,7 @@ def _build_fermi_hubbard(folder: Path, settings: dict, progress: bool) -> None:
     )
 
 
-def _build_ising(folder: Path, settings: dict, progress: bool) -> None:
+def _build_ising(folder: Path, settings: dict, progress: bool, retrain: bool = False) -> None:
     common = {"L": settings["L"], "progress": progress}
     train_set = ising_2d(
         np.linspace(*settings["train_T"]), n_per_T=settings["n_per_T_train"], seed=settings["seed"], **common
@@ -418,8 +448,7 @@ def _build_ising(folder: Path, settings: dict, progress: bool) -> None:
         seed=settings["seed"] + 1,
         **common,
     )
-    model = IsingCNN(L=settings["L"])
-    result, toolbox = _fit(model, train_set.X, train_set.y, settings, progress)
+    model, toolbox, report = _fit("ising", train_set.X, train_set.y, settings, progress, retrain)
     arrays = {
         "X_test": test_set.X,
         "y_test": test_set.y,
@@ -432,7 +461,7 @@ def _build_ising(folder: Path, settings: dict, progress: bool) -> None:
         model,
         toolbox,
         arrays,
-        result,
+        report,
         title=f"2D Ising model, {settings['L']}x{settings['L']}: ordered vs disordered",
         x_label="T",
         render="2d",
@@ -446,3 +475,52 @@ _BUILDERS = {
     "fermi-hubbard-window": _build_fermi_hubbard,
     "ising": _build_ising,
 }
+
+
+def _top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the mean over helpful and harmful of the shared fraction of the top-``k`` columns."""
+    shares = []
+    for sign in (1, -1):
+        top_a = np.argsort(-sign * a, axis=1)[:, :k]
+        top_b = np.argsort(-sign * b, axis=1)[:, :k]
+        shares.append([len(np.intersect1d(x, z)) / k for x, z in zip(top_a, top_b, strict=True)])
+    return np.mean(shares, axis=0)
+
+
+def compare_with_shipped(demo: Demo, *, k: int = 10, progress: bool = False) -> dict:
+    """How closely ``demo``'s model (typically retrained) reproduces the shipped weights of its demo.
+
+    Fits a second toolbox on the shipped weights with the same data (one more Hessian) and compares on
+    the demo's test set: the largest difference of a predicted class probability, the fraction of
+    equal predicted labels, the mean and smallest top-``k`` overlap of the most helpful and most harmful
+    training points (influence on the test loss, :func:`_top_k_overlap`; near-ties among tiny values can
+    swap places), the largest influence difference relative to the largest shipped |influence|, and the
+    relative distance of the parameter vectors.  Bitwise equality is not expected across machines or
+    thread counts.
+
+    Raises:
+        ValueError: no weights are shipped for ``demo.name`` with its current settings.
+    """
+    record = shipped_record(demo.name)
+    settings = DEMO_SETTINGS[demo.name]
+    if record is None or record["settings"] != settings:
+        raise ValueError(f"no shipped weights of the {demo.name!r} demo match its current settings")
+    shipped = _new_model(demo.name, settings).to(torch.float64)
+    shipped.load_state_dict(load_shipped_weights(demo.name))
+    tb = demo.toolbox
+    other = HessianToolbox(
+        shipped.eval(), tb.X_train, tb.y_train, weight_decay=tb.weight_decay, progress=progress
+    ).fit()
+    p_new, p_old = tb.predict(demo.X_test), other.predict(demo.X_test)
+    influence = [t.influence(demo.X_test, demo.y_test) for t in (tb, other)]
+    overlap = _top_k_overlap(*influence, k)
+    return {
+        "max_probability_difference": float(np.abs(p_new - p_old).max()),
+        "same_prediction": float((p_new.argmax(1) == p_old.argmax(1)).mean()),
+        f"top{k}_overlap_mean": float(overlap.mean()),
+        f"top{k}_overlap_min": float(overlap.min()),
+        "influence_relative_difference": float(
+            np.abs(influence[0] - influence[1]).max() / np.abs(influence[1]).max()
+        ),
+        "parameter_relative_distance": float((tb.theta - other.theta).norm() / other.theta.norm()),
+    }

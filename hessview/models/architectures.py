@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional
@@ -30,6 +32,39 @@ class Conv1dIm2col(nn.Conv1d):
         return (columns @ self.weight.flatten(1).T + self.bias).transpose(-1, -2)
 
 
+class LogSumExpPool1d(nn.Module):
+    r"""A smooth max-pool: :math:`y = t \log \frac1k \sum_{i \in \text{window}} e^{x_i / t}` (stride ``k``).
+
+    The log of the mean of exponentials over each window of ``k`` values lies between their mean
+    (:math:`t \to \infty`) and their maximum (:math:`t \to 0`), and is infinitely differentiable, so a
+    network built from it has a well-defined Hessian everywhere (a max-pool has kinks where two inputs
+    tie).  It has no parameters.  Like ``nn.MaxPool1d(k)``, a trailing remainder shorter than ``k`` is
+    dropped.
+
+    >>> pool = LogSumExpPool1d(2, temperature=1.0)
+    >>> pool(torch.tensor([[[0.0, 0.0, 1.0, 1.0]]]))
+    tensor([[[0., 1.]]])
+    """
+
+    def __init__(self, kernel_size: int, temperature: float = 0.1):
+        super().__init__()
+        if not kernel_size >= 1:
+            raise ValueError(f"kernel_size must be >= 1, got {kernel_size}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.kernel_size = int(kernel_size)
+        self.temperature = float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pool the last axis of ``x`` in windows of ``kernel_size``."""
+        k, t = self.kernel_size, self.temperature
+        windows = x[..., : x.shape[-1] // k * k].unflatten(-1, (-1, k))
+        return t * (torch.logsumexp(windows / t, dim=-1) - math.log(k))
+
+    def extra_repr(self) -> str:  # noqa: D102 (nn.Module's)
+        return f"kernel_size={self.kernel_size}, temperature={self.temperature}"
+
+
 class CNN1D_tiny_ED(nn.Module):  # noqa: N801 (the paper's name)
     """The 740-parameter CNN of Dawid et al., MLST 3, 015002 (2022), for 924-amplitude ground states.
 
@@ -37,16 +72,36 @@ class CNN1D_tiny_ED(nn.Module):  # noqa: N801 (the paper's name)
     Conv1d(8->10, k=2, pad 1) -> AvgPool(4) -> ReLU; flatten (140) -> Dropout(0.5) -> Linear(140->2).
     Input ``(n, 1, 924)``; output ``(n, 2)`` logits.  Layer names match the published state_dict.
 
+    ``smooth=True`` is hessview's smooth variant (not the paper's): every ReLU becomes a softplus and
+    every max-pool a :class:`LogSumExpPool1d` with temperature ``pool_temperature``.  The parameters and
+    their names are the same, so either variant loads the other's state_dict; only the function differs.
+    ReLU kinks and max-pool ties make the paper's network piecewise smooth: a minimum may sit on a kink,
+    where the gradient never vanishes and the Hessian is not defined, so influence functions and RUE
+    (which assume a twice-differentiable minimum) are on firmer ground with the smooth variant.
+
     >>> model = CNN1D_tiny_ED()
     >>> sum(p.numel() for p in model.parameters()), tuple(model(torch.zeros(3, 1, 924)).shape)
     (740, (3, 2))
+    >>> smooth = CNN1D_tiny_ED(smooth=True)
+    >>> _ = smooth.load_state_dict(model.state_dict()); tuple(smooth(torch.zeros(3, 1, 924)).shape)
+    (3, 2)
     """
 
-    def __init__(self, num_classes: int = 2):
+    def __init__(self, num_classes: int = 2, *, smooth: bool = False, pool_temperature: float = 0.1):
         super().__init__()
-        self.layer1 = nn.Sequential(Conv1dIm2col(1, 5, kernel_size=15, padding=1), nn.MaxPool1d(4), nn.ReLU())
-        self.layer2 = nn.Sequential(nn.Conv1d(5, 8, kernel_size=5), nn.MaxPool1d(4), nn.ReLU())
-        self.layer3 = nn.Sequential(nn.Conv1d(8, 10, kernel_size=2, padding=1), nn.AvgPool1d(4), nn.ReLU())
+        if not isinstance(smooth, bool):
+            raise TypeError(f"smooth must be True or False, got {smooth!r}")
+        self.smooth = smooth
+
+        def pool(k):
+            return LogSumExpPool1d(k, pool_temperature) if smooth else nn.MaxPool1d(k)
+
+        def act():
+            return nn.Softplus() if smooth else nn.ReLU()
+
+        self.layer1 = nn.Sequential(Conv1dIm2col(1, 5, kernel_size=15, padding=1), pool(4), act())
+        self.layer2 = nn.Sequential(nn.Conv1d(5, 8, kernel_size=5), pool(4), act())
+        self.layer3 = nn.Sequential(nn.Conv1d(8, 10, kernel_size=2, padding=1), nn.AvgPool1d(4), act())
         self.dropout = nn.Dropout(0.5)
         self.fc1 = nn.Linear(140, num_classes)
 

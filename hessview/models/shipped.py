@@ -81,8 +81,10 @@ def ship_weights(name: str, model: torch.nn.Module, record: dict, folder: str | 
     state = {key: value.detach().to(torch.float64).contiguous() for key, value in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp))
+        tmp.chmod(0o644)  # package data, readable by everyone
     records = shipped_records(folder)
     records[name] = {**record, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     with atomic_path(folder / RECORD_FILE) as tmp:
         tmp.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+        tmp.chmod(0o644)
     return path

@@ -47,7 +47,7 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def record_of(demo, settings: dict, seconds: float, threads: int) -> dict:
+def record_of(demo, settings: dict, seconds: float, threads: int, commit: str) -> dict:
     """How the model of ``demo`` was made and what it reached (the shipped record)."""
     tb = demo.toolbox
     test_accuracy = float((tb.predict(demo.X_test).argmax(1) == demo.y_test).mean())
@@ -55,7 +55,7 @@ def record_of(demo, settings: dict, seconds: float, threads: int) -> dict:
         "settings": settings,
         "architecture": type(demo.model).__name__,
         "seed": settings["seed"],
-        "commit": git_commit(),
+        "commit": commit,
         "command": f"python benchmarks/bench_retrain_demos.py {demo.name} --ship --threads {threads}",
         "made": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "versions": {
@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    commit = git_commit()  # the code the models are trained with, read before anything else runs
     os.environ["HESSVIEW_CACHE_DIR"] = tempfile.mkdtemp(prefix="hessview-retrain-")
     rows = []
     for name in args.names:
@@ -103,7 +104,8 @@ def main() -> None:
         demo = demos.load_demo(name, progress=True, retrain=True)
         retrain_seconds = time.perf_counter() - start
         if args.ship:
-            path = ship_weights(name, demo.model, record_of(demo, settings, retrain_seconds, args.threads))
+            record = record_of(demo, settings, retrain_seconds, args.threads, commit)
+            path = ship_weights(name, demo.model, record)
             print(f"shipped {path} ({path.stat().st_size} bytes)", flush=True)
             continue
         comparison = demos.compare_with_shipped(demo)

@@ -54,8 +54,8 @@ DEMO_SETTINGS = {
         # test point stays far above float64 roundoff, and makes the Hessian positive definite
         "weight_decay": 1e-3,
         "epochs": 300,
-        "lbfgs_steps": 500,
-        "newton_steps": 4,  # to float64 roundoff: stationary by the toolbox's Newton-step test
+        "lbfgs_steps": 300,
+        "newton_steps": 2,  # to float64 roundoff: stationary by the toolbox's Newton-step test
         "seed": 0,
     },
     "fermi-hubbard-window": {

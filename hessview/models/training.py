@@ -32,6 +32,9 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from tqdm.auto import tqdm
 
+#: Newton steps stop below this gradient norm: float64 roundoff for an objective of order one.
+ROUNDOFF_GRADIENT = 1e-13
+
 
 @dataclass
 class TrainResult:
@@ -153,7 +156,9 @@ def _newton(model, params, X, y, weight_decay, max_steps, losses, bar) -> int:
     """Newton steps with the exact Hessian (hessview's engine) while the gradient norm keeps falling.
 
     A step is taken only where the Hessian is positive definite; it is halved until the gradient norm
-    falls (near a minimum the full step always does).  Returns the steps taken.
+    falls (near a minimum the full step always does).  Stops once the gradient norm is below
+    ``ROUNDOFF_GRADIENT`` (float64 roundoff for an objective of order one), since every further step
+    costs a Hessian and gains nothing.  Returns the steps taken.
     """
     import warnings
 
@@ -161,6 +166,8 @@ def _newton(model, params, X, y, weight_decay, max_steps, losses, bar) -> int:
 
     taken = 0
     for _ in range(max_steps):
+        if _gradient_norm(model, X, y, weight_decay)[1] < ROUNDOFF_GRADIENT:
+            break
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the toolbox rightly says the start is not yet stationary
             toolbox = HessianToolbox(model, X, y, weight_decay=weight_decay, progress=False, screen=False)

@@ -8,8 +8,6 @@ the notebooks read the same builds.
 
 import numpy as np
 import pytest
-import torch
-from torch.func import functional_call, grad, vmap
 
 from hessview.app.demos import load_demo
 from hessview.datasets import fermi_hubbard_split
@@ -40,42 +38,6 @@ def held_out(full):
     validation = fermi_hubbard_split("validation", progress=False)
     X = np.concatenate([scaler.transform(validation.X)[:, None, :], demo.X_test])
     return X, np.concatenate([validation.y, demo.y_test]), np.concatenate([validation.V1, demo.x])
-
-
-def objective_terms(demo):
-    """Gradient of the training objective and per-sample loss gradients, in plain torch (no hessview)."""
-    tb, model = demo.toolbox, demo.model
-    X, y, wd = tb.X_train, tb.y_train, tb.weight_decay
-    params = {name: p.detach() for name, p in model.named_parameters()}
-
-    def sample_loss(p, x, t):
-        return torch.nn.functional.cross_entropy(functional_call(model, p, (x[None],)), t[None])
-
-    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, X, y)
-    G = torch.cat([per_sample[name].flatten(1) for name in params], dim=1)
-    theta = torch.cat([p.flatten() for p in params.values()])
-    return G.mean(0) + wd * theta, G
-
-
-@pytest.mark.parametrize("name", ["fermi-hubbard", "fermi-hubbard-window"])
-def test_the_demo_models_sit_at_a_true_minimum(name, full, window):
-    demo = full[0] if name == "fermi-hubbard" else window
-    tb = demo.toolbox
-    gradient, G = objective_terms(demo)
-    eigenvalues = torch.linalg.eigvalsh(tb.hessian)
-    assert eigenvalues[0] > 0  # positive definite: a strict minimum, so the automatic damping is none
-    assert tb.damping_ == 0 and tb.is_stationary_
-    # one Newton step against the median change of theta caused by removing one training point
-    newton = torch.linalg.solve(tb.hessian, gradient).norm()
-    typical = torch.linalg.solve(tb.hessian, G.T).norm(dim=0).median() / len(G)
-    assert newton / typical < 1e-6
-
-
-def test_influence_is_far_above_float64_roundoff_on_every_test_point(full):
-    demo = full[0]
-    for measurement, floor in (("margin", MARGIN_FLOOR), ("loss", LOSS_FLOOR)):
-        largest = np.abs(demo.toolbox.influence(demo.X_test, demo.y_test, measurement=measurement)).max(1)
-        assert largest.min() > floor, measurement
 
 
 def roles(influence, k=K):

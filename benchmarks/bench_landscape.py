@@ -30,6 +30,7 @@ are first-order saddles (exactly one negative eigenvalue of the exact Hessian) w
 
       .venv/bin/python benchmarks/bench_landscape.py --connect --steps 15 --cycles 3 \
           --topsearch /tmp/topsearch-pkgs
+      .venv/bin/python benchmarks/bench_landscape.py --connect --large --steps 80   # hessview only
 """
 
 from __future__ import annotations
@@ -236,15 +237,16 @@ def saddle_check(land, coords_list) -> int:
 
 def connect_benchmark(args) -> None:
     """hessview ``connect()`` against topsearch's connection sampling on the same stored minima."""
+    n, d, temperature, step = (60, 12, 0.3, 2.0) if args.large else (20, 4, 1.0, 3.0)
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(20, 4))
+    X = rng.normal(size=(n, d))
     y = (X[:, 0] * X[:, 1] > 0).astype(int)
     land = Landscape(X, y, hidden=4, weight_decay=1e-3, seed=0)
-    land.explore(args.steps, temperature=1.0, step_size=3.0, progress=False)
+    land.explore(args.steps, temperature=temperature, step_size=step, progress=False)
     minima = land.minima
     print(
-        f"network 4-4-2 tanh ({land.network.n_params} weights), 20 samples, weight decay 1e-3; "
-        f"{args.steps} basin-hopping steps -> {len(minima)} minima handed to both tools"
+        f"network {d}-4-2 tanh ({land.network.n_params} weights), {n} samples, weight decay 1e-3; "
+        f"{args.steps} basin-hopping steps -> {len(minima)} minima handed to every tool"
     )
     rows = []
     classes, status = import_topsearch(args.topsearch)
@@ -348,6 +350,7 @@ def main():
     parser.add_argument("--topsearch", default=None, help="folder of a --no-deps topsearch install")
     parser.add_argument("--connect", action="store_true", help="benchmark connect() instead")
     parser.add_argument("--cycles", type=int, default=3, help="--connect: topsearch connection cycles")
+    parser.add_argument("--large", action="store_true", help="--connect: the 60-point, 12-feature landscape")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.connect:

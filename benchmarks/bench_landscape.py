@@ -237,6 +237,16 @@ def saddle_check(land, coords_list) -> int:
 
 def connect_benchmark(args) -> None:
     """hessview ``connect()`` against topsearch's connection sampling on the same stored minima."""
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)  # topsearch writes a 'logfile' into the working directory, also outside its runs
+        try:
+            _connect_benchmark(args)
+        finally:
+            os.chdir(here)
+
+
+def _connect_benchmark(args) -> None:
     n, d, temperature, step = (60, 12, 0.3, 2.0) if args.large else (20, 4, 1.0, 3.0)
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n, d))
@@ -291,19 +301,14 @@ def connect_benchmark(args) -> None:
             ),
             similarity,
         )
-        here = os.getcwd()
-        with tempfile.TemporaryDirectory() as scratch, single_thread():
-            os.chdir(scratch)  # topsearch writes a 'logfile' into the working directory
-            try:
-                t0 = time.perf_counter()
-                for _ in range(args.cycles):
-                    pairs = sampler.select_minima(coords, "ConnectUnconnected", 3)
-                    if not pairs:
-                        break
-                    sampler.run_connection_attempts(pairs)
-                wall = time.perf_counter() - t0
-            finally:
-                os.chdir(here)
+        with single_thread():
+            t0 = time.perf_counter()
+            for _ in range(args.cycles):
+                pairs = sampler.select_minima(coords, "ConnectUnconnected", 3)
+                if not pairs:
+                    break
+                sampler.run_connection_attempts(pairs)
+            wall = time.perf_counter() - t0
         sets = sorted((len(c) for c in nx.connected_components(ktn.G)), reverse=True)
         edges = [data["coords"] for _, _, data in ktn.G.edges(data=True)]
         rows.append(

@@ -83,6 +83,7 @@ def test_app_notebook_written_when_hessview_is_installed_without_notebooks(tmp_p
 
 def test_build_loads_every_demo_with_progress(monkeypatch):
     import hessview.app.demos
+    import hessview.app.landscape_demo
 
     calls = []
     monkeypatch.setattr(
@@ -92,8 +93,13 @@ def test_build_loads_every_demo_with_progress(monkeypatch):
             (name, progress, rebuild, retrain)
         ),
     )
+    monkeypatch.setattr(
+        hessview.app.landscape_demo,
+        "build",
+        lambda *, quick=False, progress=True, rebuild=False: calls.append(("landscape", progress, rebuild)),
+    )
     assert cli.main(["build"]) == 0
-    assert calls == [(name, True, False, False) for name in cli.DEMOS]
+    assert calls == [(name, True, False, False) for name in cli.DEMOS] + [("landscape", True, False)]
     calls.clear()
     assert cli.main(["build", "ising", "--rebuild"]) == 0
     assert calls == [("ising", True, True, False)]

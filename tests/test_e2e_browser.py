@@ -229,3 +229,39 @@ def test_next_button_moves_right_along_the_control_parameter(page, demo):
         page.get_by_role("button", name="next").click()
         expected = order[position + 1]
     page.wait_for_function(ALL_PANELS_SHOW, arg=expected, timeout=30_000)
+
+
+DENSITY_CARDS = """() => Array.from(document.querySelectorAll('.hv-gallery .hv-card'))
+    .filter((card) => card.offsetParent !== null)
+    .map((card) => {
+      const svg = card.querySelector('svg.hv-density');
+      const caption = card.querySelector('[data-train-index]');
+      return {train: Number(caption.dataset.trainIndex), text: caption.innerText,
+              density: svg ? svg.dataset.density.split(' ').map(Number) : null,
+              order: svg ? Number(svg.dataset.order) : null,
+              line: card.querySelector('svg.hv-line') !== null};
+    })"""
+
+
+@pytest.mark.skipif(
+    not DEMO.startswith("fermi-hubbard"), reason="the density gallery is the Fermi-Hubbard demos'"
+)
+def test_fermi_hubbard_gallery_draws_density_profiles_and_amplitudes_on_demand(page, demo):
+    from hessview.datasets import fermi_hubbard_split
+
+    train = fermi_hubbard_split("train", progress=False)  # the ground truth: densities from the ED data
+    cards = page.evaluate(DENSITY_CARDS)
+    assert cards
+    for card in cards:
+        np.testing.assert_allclose(card["density"], train.density[card["train"]], rtol=1e-9, atol=1e-12)
+        assert card["order"] == pytest.approx(train.order_parameter[card["train"]], rel=1e-6, abs=1e-12)
+        assert f"V1/J = {demo.train_x[card['train']]:.4g}" in card["text"]
+        assert ("CDW-I" if train.y[card["train"]] == 1 else "LL") in card["text"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".hv-gallery").screenshot(path=str(ARTIFACTS / f"e2e-gallery-{DEMO}-density.png"))
+    page.locator(".hv-thumbnail-toggle button", has_text="amplitudes").click()
+    page.wait_for_function("() => document.querySelectorAll('.hv-gallery svg.hv-density').length === 0")
+    assert all(card["line"] and card["density"] is None for card in page.evaluate(DENSITY_CARDS))
+    page.locator(".hv-gallery").screenshot(path=str(ARTIFACTS / f"e2e-gallery-{DEMO}-amplitudes.png"))
+    page.locator(".hv-thumbnail-toggle button", has_text="density").click()
+    page.wait_for_function("() => document.querySelectorAll('.hv-gallery svg.hv-density').length > 0")

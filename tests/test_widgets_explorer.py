@@ -670,9 +670,12 @@ def test_fock_renderer_draws_the_density_profile_of_exact_ground_states(chain):
     low, high = chain.X.min(), chain.X.max()
     scaled = (chain.X - low) / (high - low)  # the demos' global min-max scaling
     renderer = FockRenderer(8, 4, offset=low, scale=high - low)
-    for state, density in zip(scaled, chain.density, strict=True):
-        drawn = np.array([float(v) for v in attrs(renderer.html(state), "density")[0].split()])
+    for state, density, order in zip(scaled, chain.density, chain.order_parameter, strict=True):
+        thumbnail = renderer.html(state)
+        drawn = np.array([float(v) for v in attrs(thumbnail, "density")[0].split()])
         np.testing.assert_allclose(drawn, density, rtol=1e-10, atol=1e-13)
+        assert float(attrs(thumbnail, "order")[0]) == pytest.approx(order, rel=1e-9, abs=1e-14)
+        assert f"O<sub>CDW</sub> = {order:.2g}" in thumbnail
         assert drawn.sum() == pytest.approx(4.0)  # N fermions
     # physics: V1 = 0 is a (nearly) uniform Luttinger liquid, V1/J = 10 a charge-density wave
     uniform = np.array([float(v) for v in attrs(renderer.html(scaled[0]), "density")[0].split()])

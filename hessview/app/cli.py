@@ -114,8 +114,8 @@ def voila_command(notebook: Path, port: int, *, open_browser: bool) -> list[str]
     return command
 
 
-def build(names: list[str], *, rebuild: bool = False, retrain: bool = False) -> None:
-    """Build (or load, when present) the caches of the named demos, with progress bars.
+def build(names: list[str], *, rebuild: bool = False, retrain: bool = False, quick: bool = False) -> None:
+    """Build (or load, when present) the caches of the named demos (and ``landscape``), with progress bars.
 
     With ``retrain`` every model is trained from scratch instead of loaded from the shipped weights,
     and how closely it reproduces them is printed (:func:`hessview.app.demos.compare_with_shipped`).
@@ -124,6 +124,12 @@ def build(names: list[str], *, rebuild: bool = False, retrain: bool = False) -> 
     from hessview.models.shipped import shipped_record
 
     for name in names:
+        if name == LANDSCAPE:  # nothing to retrain: the landscapes are sampled, not shipped
+            from hessview.app.landscape_demo import build as build_landscapes
+
+            print("hessview: preparing the energy landscapes", flush=True)
+            build_landscapes(quick=quick, progress=True, rebuild=rebuild)
+            continue
         print(f"hessview: {'retraining' if retrain else 'preparing'} the {name!r} demo", flush=True)
         demo = load_demo(name, progress=True, rebuild=rebuild, retrain=retrain)
         if not retrain:
@@ -191,7 +197,7 @@ def parser() -> argparse.ArgumentParser:
     own.add_argument("--weights", metavar="PATH", help="optional state dict (.safetensors) of the model")
     make = commands.add_parser("build", help="only build the demos' caches")
     make.add_argument(  # no argparse choices: Python < 3.12 rejects an empty list with them
-        "names", nargs="*", metavar="NAME", help=f"demos to build (default: all of {', '.join(DEMOS)})"
+        "names", nargs="*", metavar="NAME", help=f"demos to build (default: all of {', '.join(APPS)})"
     )
     make.add_argument("--rebuild", action="store_true", help="rebuild even if cached")
     make.add_argument(
@@ -208,11 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     args = command_line.parse_args(argv)
     if args.command == "build":
         for name in args.names:
-            if name not in DEMOS:
-                command_line.error(
-                    f"argument NAME: invalid choice: {name!r} (choose from {', '.join(DEMOS)})"
-                )
-        build(args.names or list(DEMOS), rebuild=args.rebuild, retrain=args.retrain)
+            if name not in APPS:
+                command_line.error(f"argument NAME: invalid choice: {name!r} (choose from {', '.join(APPS)})")
+        build(args.names or list(APPS), rebuild=args.rebuild, retrain=args.retrain)
         return 0
     own_model = args.toolbox is not None or args.model is not None
     if own_model:
@@ -231,10 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if own_model:
         notebook, what, environment = _prepare_own_model(args, environment)
     elif args.name == LANDSCAPE:
-        from hessview.app.landscape_demo import build as build_landscapes
-
-        print("hessview: preparing the energy landscapes", flush=True)
-        build_landscapes(quick=args.quick, progress=True, rebuild=args.rebuild)
+        build([LANDSCAPE], rebuild=args.rebuild, quick=args.quick)
         notebook, what = app_notebook(LANDSCAPE_NOTEBOOK), "landscape app"
         environment["HESSVIEW_LANDSCAPE_QUICK"] = "1" if args.quick else ""
     else:

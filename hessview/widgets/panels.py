@@ -271,10 +271,10 @@ class DetailView:
             name = label_text(predicted, self.class_names or [f"class {c}" for c in range(len(prediction))])
             p = float(prediction[predicted])
             margin = np.log(p) - np.log1p(-p) if p < 1 else np.inf
-            shown = f"{margin:.3g}" if np.isfinite(margin) else "&gt; 36 (p rounds to 1)"
+            shown = f"= {margin:.3g}" if np.isfinite(margin) else "&gt; 36 (p rounds to 1)"
             guess = (
                 f"predicted: <b>{html.escape(name)}</b> (p = {p:.3f}, "
-                f"margin m = log p &minus; log(1 &minus; p) = {shown})"
+                f"margin m = log p &minus; log(1 &minus; p) {shown})"
             )
         else:
             guess = f"predicted value: <b>{prediction[0]:.4g}</b>"

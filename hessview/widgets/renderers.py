@@ -233,7 +233,8 @@ class FockRenderer(HtmlRenderer):
         return (
             f"each drawn as its density profile &lang;n<sub>i</sub>&rang;, the occupation of each of the "
             f"{self.L} sites (bars from 0 to 1; dashed line at 1/2: a Luttinger liquid is flat there, "
-            "a charge-density wave alternates between full and empty sites)"
+            "a charge-density wave alternates between full and empty sites), with its CDW order parameter "
+            "O<sub>CDW</sub> = (1/L) &sum;<sub>i</sub> |n<sub>i</sub> &minus; n<sub>i+1</sub>| (0 to 1)"
         )
 
     def amplitudes(self, example: np.ndarray) -> np.ndarray:
@@ -267,14 +268,32 @@ class FockRenderer(HtmlRenderer):
         )
         values = " ".join(repr(float(n)) for n in density)
         title = ", ".join(f"{n:.2f}" for n in density)
+        order = self.order_parameter(density)
         return (
-            f'<svg class="hv-density" data-density="{values}" viewBox="0 -20 {width} {height + 40}" '
-            f'preserveAspectRatio="none" width="{THUMBNAIL_LAYOUT["width"]}" '
-            f'height="{THUMBNAIL_LAYOUT["height"]}"><title>&lt;n_i&gt; = {title}</title>'
+            f'<svg class="hv-density" data-density="{values}" data-order="{order!r}" '
+            f'viewBox="0 -20 {width} {height + 40}" preserveAspectRatio="none" '
+            f'width="{THUMBNAIL_LAYOUT["width"]}" height="80px" style="display:block">'
+            f"<title>&lt;n_i&gt; = {title}</title>"
             f'<rect x="0" y="0" width="{width}" height="{height}" fill="#f4f4f4"/>{bars}'
             f'<line x1="0" x2="{width}" y1="{height // 2}" y2="{height // 2}" stroke="#d62728" '
             'stroke-dasharray="6 4" vector-effect="non-scaling-stroke"/></svg>'
+            '<div class="hv-order" style="font-size:11px;line-height:16px" title="CDW order parameter '
+            f'(1/L) sum_i |n_i - n_(i+1)|: 0 in a Luttinger liquid, 1 in a perfect CDW">'
+            f"O<sub>CDW</sub> = {order:.2g}</div>"
         )
+
+    @staticmethod
+    def order_parameter(density: np.ndarray) -> float:
+        """The CDW order parameter :math:`\\frac1L \\sum_i |n_i - n_{i+1}|` on the ring.
+
+        The definition of :func:`hessview.datasets.fermi_hubbard.order_parameter` (0 for a uniform
+        density, 1 for a perfect charge-density wave).
+
+        >>> FockRenderer.order_parameter(np.array([1.0, 0.0, 1.0, 0.0]))
+        1.0
+        """
+        density = np.asarray(density, dtype=np.float64)
+        return float(np.abs(density - np.roll(density, -1)).mean())
 
 
 class CallableRenderer(Renderer):

@@ -75,7 +75,7 @@ def test_changed_settings_or_an_interrupted_build_rebuild(tmp_path, monkeypatch)
     first.close()
     folder = tmp_path / "landscape" / "synthetic-quick"
     meta = json.loads((folder / "meta.json").read_text())
-    assert meta["settings"]["n_steps"] == landscape_demo.QUICK_STEPS["synthetic"]
+    assert (meta["settings"]["n_steps"], meta["settings"]["max_attempts"]) == landscape_demo.QUICK["synthetic"]
     (folder / "meta.json").unlink()  # as if the build had been killed before finishing
     calls = []
     original = Landscape.explore
@@ -84,7 +84,7 @@ def test_changed_settings_or_an_interrupted_build_rebuild(tmp_path, monkeypatch)
     )
     again = landscape_demo.load_landscape("synthetic", quick=True, progress=False)[0]
     assert len(calls) == 1 and len(again.minima) == n_first  # rebuilt from scratch, same seed
-    monkeypatch.setitem(landscape_demo.QUICK_STEPS, "synthetic", 2)
+    monkeypatch.setitem(landscape_demo.QUICK, "synthetic", (2, 1))
     landscape_demo.load_landscape("synthetic", quick=True, progress=False)
     assert len(calls) == 2
 

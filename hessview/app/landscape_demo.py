@@ -37,12 +37,13 @@ SETTINGS = {
         "version": 1,
         "n_samples": 240,
         "n_train": 160,
-        "hidden": 3,
+        "hidden": 4,
         "weight_decay": 3e-3,
         "seed": 0,
-        "n_steps": 15,
-        "temperature": 0.2,
+        "n_steps": 8,
+        "temperature": 0.5,
         "step_size": 2.0,
+        "max_attempts": 40,
     },
     "fermi-hubbard": {
         "version": 1,
@@ -53,6 +54,7 @@ SETTINGS = {
         "n_steps": 8,
         "temperature": 0.2,
         "step_size": 2.0,
+        "max_attempts": 10,
     },
     "ising": {
         "version": 1,
@@ -66,9 +68,11 @@ SETTINGS = {
         "n_steps": 20,
         "temperature": 0.2,
         "step_size": 2.0,
+        "max_attempts": 30,
     },
 }
-QUICK_STEPS = {"synthetic": 3, "fermi-hubbard": 2, "ising": 3}
+#: ``quick=True``: (basin-hopping steps, connection attempts) of each landscape
+QUICK = {"synthetic": (4, 6), "fermi-hubbard": (2, 2), "ising": (3, 3)}
 TITLES = {
     "synthetic": "Synthetic data: only features x1 and x4 decide the class",
     "fermi-hubbard": "Fermi-Hubbard chain: which sites' densities decide LL vs CDW",
@@ -82,7 +86,7 @@ def settings(name: str, quick: bool = False) -> dict:
         raise ValueError(f"unknown landscape {name!r}; choose one of {LANDSCAPES}")
     chosen = dict(SETTINGS[name])
     if quick:
-        chosen["n_steps"] = QUICK_STEPS[name]
+        chosen["n_steps"], chosen["max_attempts"] = QUICK[name]
     return chosen
 
 
@@ -166,7 +170,7 @@ def load_landscape(name: str, *, quick: bool = False, progress: bool = True, reb
             step_size=chosen["step_size"],
             progress=progress,
         )
-        landscape.connect(progress=progress)
+        landscape.connect(max_attempts=chosen["max_attempts"], progress=progress)
         landscape.close()
         os.replace(building, folder / "landscape.sqlite")
         with atomic_path(folder / "meta.json") as tmp:

@@ -75,7 +75,8 @@ def test_changed_settings_or_an_interrupted_build_rebuild(tmp_path, monkeypatch)
     first.close()
     folder = tmp_path / "landscape" / "synthetic-quick"
     meta = json.loads((folder / "meta.json").read_text())
-    assert (meta["settings"]["n_steps"], meta["settings"]["max_attempts"]) == landscape_demo.QUICK["synthetic"]
+    chosen = meta["settings"]
+    assert (chosen["n_steps"], chosen["max_attempts"]) == landscape_demo.QUICK["synthetic"]
     (folder / "meta.json").unlink()  # as if the build had been killed before finishing
     calls = []
     original = Landscape.explore

@@ -171,6 +171,7 @@ class Landscape:
         self.db = Database(db, meta)
         self.step_size_: float | None = None
         self._distances: dict[tuple[int, int], float] = {}
+        self._matrix, self._matrix_ids = np.zeros((0, 0)), []
         self._coords: dict[int, np.ndarray] = {}
         self._orders: dict[tuple[str, int], int] = {}
         self._toolboxes: dict = {}
@@ -332,6 +333,21 @@ class Landscape:
             )
         return self._distances[key]
 
+    def _distance_matrix(self, ids: list[int]) -> np.ndarray:
+        """Aligned distances between the minima ``ids``, cached (ids only grow: new rows are computed)."""
+        known = self._matrix_ids
+        if ids[: len(known)] != known:
+            known, self._matrix = [], np.zeros((0, 0))
+        n, old = len(ids), len(known)
+        if n > old:
+            matrix = np.zeros((n, n))
+            matrix[:old, :old] = self._matrix
+            for k in range(old, n):
+                for j in range(k):
+                    matrix[k, j] = matrix[j, k] = self.distance(ids[j], ids[k])
+            self._matrix, self._matrix_ids = matrix, list(ids)
+        return self._matrix[:n, :n]
+
     def _band(self, first: int, second: int, n_images: int) -> list[TransitionState]:
         start = self._coordinates(first)
         end, _ = align(self.network, start, self._coordinates(second))
@@ -360,16 +376,16 @@ class Landscape:
         """
         ids = [m.id for m in minima]
         index = {m: k for k, m in enumerate(ids)}
-        roots = [union.find(m) for m in ids]
-        weights = np.zeros((len(ids), len(ids)))
+        roots = np.array([union.find(m) for m in ids])
+        weights = np.where(roots[:, None] != roots[None, :], self._distance_matrix(ids) ** 2 + 1e-12, 0.0)
+        for pair in tried:
+            a, b = (index[m] for m in pair)
+            weights[a, b] = weights[b, a] = 0.0
         known = np.zeros((len(ids), len(ids)), dtype=bool)
         for ts in self.transition_states:
             a, b = index[ts.minimum1], index[ts.minimum2]
             weights[a, b] = weights[b, a] = 1e-12
             known[a, b] = known[b, a] = True
-        for a, b in itertools.combinations(range(len(ids)), 2):
-            if roots[a] != roots[b] and frozenset((ids[a], ids[b])) not in tried:
-                weights[a, b] = weights[b, a] = self.distance(ids[a], ids[b]) ** 2 + 1e-12
         # sparse input: a dense matrix would drop the tiny weights of known connections as zeros
         dist, predecessors = dijkstra(
             csr_matrix(weights), directed=False, indices=index[source], return_predecessors=True

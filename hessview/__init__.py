@@ -40,7 +40,7 @@ _LAZY = {
 }
 
 
-_SUBPACKAGES = ("app", "datasets", "engine", "landscape", "models", "widgets")
+_SUBPACKAGES = ("app", "datasets", "engine", "evaluation", "landscape", "models", "widgets")
 
 # old module path -> where the module lives now
 _MOVED = {

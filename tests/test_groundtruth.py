@@ -416,3 +416,24 @@ def test_damping_tuned_in_fit_is_tune_damping_with_its_defaults(mlp):
     assert tuned.damping_ == by_hand.damping_ and tuned.tuned_lds_ == by_hand.tuned_lds_
     assert tuned.damping_scores_ == by_hand.damping_scores_
     assert tuned.damping_reason_.startswith("tuned: delta")
+
+
+def test_lds_and_tune_damping_with_a_low_rank_toolbox(logistic):
+    """A low-rank inverse (top 4 of 10 pairs; it warns that the complement is misrepresented): same path."""
+    _, model, X, y, X_test, y_test = logistic
+    with pytest.warns(ApproximationWarning, match="misrepresented"):
+        tb = HessianToolbox(model, X, y, weight_decay=WD, progress=False, method="lowrank", rank=4).fit()
+    exact = HessianToolbox(model, X, y, weight_decay=WD, progress=False).fit()
+    low = lds(tb, X_test, y_test, n_subsets=6, seed=2)
+    full = lds(exact, X_test, y_test, n_subsets=6, seed=2)
+    np.testing.assert_allclose(low.actual, full.actual, rtol=1e-6, atol=1e-10)  # same retrainings
+    expected = (~low.subsets).astype(float) @ tb.influence(X_test, y_test).T
+    np.testing.assert_allclose(low.predicted, expected, rtol=1e-10, atol=1e-14)
+    with pytest.warns(ApproximationWarning, match="misrepresented"):  # once, for the chosen damping
+        tb.tune_damping(n_subsets=5, seed=0)
+    assert tb.damping_ in tb.damping_scores_ and tb.tuned_lds_ == max(tb.damping_scores_.values())
+    with pytest.raises(ValueError, match="method='exact'"):
+        tb.group_influence(X_test[:1], remove=[0, 1])
+    import hessview
+
+    assert hessview.evaluation.lds is lds

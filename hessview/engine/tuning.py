@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 
 import numpy as np
 import torch
 
 from hessview.engine.distributed import check_client
+from hessview.engine.errors import HessviewWarning
 from hessview.engine.evaluation import (
     SIGN,
     check_count,
@@ -180,13 +182,18 @@ def tune_damping(
     scores, per_test = {}, {}
     try:
         for delta in grid:
-            toolbox.set_damping(delta)
+            # a candidate's DampingWarning or ApproximationWarning is not news: only the chosen one's is
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", HessviewWarning)
+                toolbox.set_damping(delta)
             influence = toolbox._gt_influence(X_h, y_h, measurement)
             predicted = SIGN[measurement] * removed @ influence.T
             per_test[delta] = spearman_columns(predicted, actual)
             scores[delta] = mean_score(per_test[delta])
     except BaseException:
-        toolbox.set_damping(previous)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", HessviewWarning)
+            toolbox.set_damping(previous)
         raise
     finite = {d: s for d, s in scores.items() if math.isfinite(s)}
     if not finite:

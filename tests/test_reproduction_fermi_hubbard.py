@@ -8,6 +8,8 @@ the notebooks read the same builds.
 
 import numpy as np
 import pytest
+import torch
+from torch.func import functional_call, grad, vmap
 
 from hessview.app.demos import load_demo
 from hessview.datasets import fermi_hubbard_split
@@ -38,6 +40,36 @@ def held_out(full):
     validation = fermi_hubbard_split("validation", progress=False)
     X = np.concatenate([scaler.transform(validation.X)[:, None, :], demo.X_test])
     return X, np.concatenate([validation.y, demo.y_test]), np.concatenate([validation.V1, demo.x])
+
+
+def objective_terms(demo):
+    """Gradient of the training objective and per-sample loss gradients, in plain torch (no hessview)."""
+    tb, model = demo.toolbox, demo.model
+    X, y, wd = tb.X_train, tb.y_train, tb.weight_decay
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def sample_loss(p, x, t):
+        return torch.nn.functional.cross_entropy(functional_call(model, p, (x[None],)), t[None])
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0))(params, X, y)
+    G = torch.cat([per_sample[name].flatten(1) for name in params], dim=1)
+    theta = torch.cat([p.flatten() for p in params.values()])
+    return G.mean(0) + wd * theta, G
+
+
+def test_the_window_model_sits_at_a_true_minimum(window):
+    tb = window.toolbox
+    gradient, G = objective_terms(window)
+    eigenvalues = torch.linalg.eigvalsh(tb.hessian)
+    assert eigenvalues[0] > 0  # positive definite: a strict minimum, so the automatic damping is none
+    assert tb.damping_ == 0 and tb.is_stationary_
+    # one Newton step against the median change of theta caused by removing one training point
+    newton = torch.linalg.solve(tb.hessian, gradient).norm()
+    typical = torch.linalg.solve(tb.hessian, G.T).norm(dim=0).median() / len(G)
+    assert newton / typical < 1e-6
+    # the margin influence of every test point is far above float64 roundoff (measured: >= 8e-3)
+    largest = np.abs(tb.influence(window.X_test, window.y_test, measurement="margin")).max(1)
+    assert largest.min() > 1e-4
 
 
 def roles(influence, k=K):
@@ -113,9 +145,11 @@ def test_the_extrapolation_score_of_the_loss_peaks_near_the_decision_boundary(fu
     assert score.max() > 3 * np.median(score[distance > np.log(8)])
 
 
-@pytest.mark.parametrize("prediction", ["logits", "loss"])
-def test_a_model_trained_on_a_window_flags_the_test_points_outside_it(window, prediction):
-    flags = window.toolbox.extrapolation(window.X_test, prediction=prediction).flag
+# the loss gradient with the default m (1: the largest eigengap, after the stiffest direction); the centred
+# logits need the second data-determined direction projected out too (m = 2; with m = 1 nothing is flagged)
+@pytest.mark.parametrize("prediction, m", [("logits", 2), ("loss", None)])
+def test_a_model_trained_on_a_window_flags_the_test_points_outside_it(window, prediction, m):
+    flags = window.toolbox.extrapolation(window.X_test, m, prediction=prediction).flag
     inside = (window.x <= 0.25) | (window.x >= 36)
     assert inside.sum() >= 5 and not flags[inside].any()
     far = (window.x >= 1) & (window.x <= 30)  # at least a factor 1.2 in V1 from both windows

@@ -95,3 +95,21 @@ def explorer_results(tb, X_test):
     from hessview.widgets import ExplorerResults
 
     return ExplorerResults.from_toolbox(tb, X_test, n_resamples=10)
+
+
+def test_a_tuned_damping_and_its_lds_are_shown_next_to_the_spectrum(setup, tmp_path):
+    from hessview.widgets import ExplorerResults
+
+    tb, X, y, X_test = setup
+    plain = explorer_results(tb, X_test)
+    assert plain.damping_lds is None
+    assert "hold-out LDS" not in Explorer(None, None, results=plain, X_train=X).spectrum.note.value
+    tuned = HessianToolbox(tb.flat.module, X, y, weight_decay=WD, progress=False).fit()
+    tuned.tune_damping(n_subsets=5, seed=0)
+    results = explorer_results(tuned, X_test)
+    assert results.damping_lds == tuned.tuned_lds_ and results.damping == tuned.damping_
+    results.save(tmp_path / "r.npz")
+    loaded = ExplorerResults.load(tmp_path / "r.npz")
+    assert loaded.damping_lds == tuned.tuned_lds_
+    note = Explorer(None, None, results=loaded, X_train=X).spectrum.note.value
+    assert f"hold-out LDS {tuned.tuned_lds_:.3f}" in note

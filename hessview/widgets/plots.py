@@ -337,10 +337,15 @@ class SpectrumView:
             bq.Axis(scale=xy["y"], label="log10 |lambda|", side="left"),
         ]
         self.figure = figure(marks, axes, "Hessian spectrum", "260px")
+        tuned = (
+            ""
+            if getattr(results, "damping_lds", None) is None
+            else f", chosen by retraining (tune_damping: hold-out LDS {results.damping_lds:.3f})"
+        )
         self.note = widgets.HTML(
             f"{eigenvalues.size} eigenvalues, {int(negative.sum())} negative "
             f'(<span style="color:{HARMFUL}">&#10005;</span>); dashed line: damping '
-            f"{results.damping:.3g} added before inverting"
+            f"{results.damping:.3g} added before inverting{tuned}"
             f'<div class="hv-explain">{words.spectrum_sentence(results)}</div>'
         )
         self.widget = widgets.VBox([self.figure, self.note])

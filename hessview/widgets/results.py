@@ -21,6 +21,13 @@ from hessview.widgets.state import SCORE_KINDS
 MEASUREMENTS = ("margin", "loss")
 
 
+def _tuned_lds(toolbox) -> float | None:
+    """The hold-out LDS of a damping chosen by ``tune_damping`` (None when it was not tuned)."""
+    if not str(getattr(toolbox, "damping_reason_", "")).startswith("tuned"):
+        return None
+    return float(toolbox.tuned_lds_)
+
+
 def _as_numpy(values) -> np.ndarray:
     """Return ``values`` (numpy array or torch tensor) as a numpy array."""
     if hasattr(values, "detach"):
@@ -90,6 +97,7 @@ class ExplorerResults:
     measurement: str = "loss"
     extrapolation_quantile: float = 0.99
     stability: np.ndarray | None = None
+    damping_lds: float | None = None  # hold-out LDS when the damping was chosen by tune_damping
 
     @classmethod
     def from_toolbox(
@@ -166,6 +174,7 @@ class ExplorerResults:
             measurement=measurement,
             extrapolation_quantile=float(getattr(extrapolation, "quantile", 0.99)),
             stability=None if stability is None else stability.astype(np.float64).reshape(-1),
+            damping_lds=_tuned_lds(toolbox),
         )
 
     def save(self, path: str | os.PathLike, *, key: str = FILE_KEY, **extra) -> None:

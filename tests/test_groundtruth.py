@@ -142,6 +142,13 @@ def test_retrain_warns_with_the_gradient_norm_when_not_converged(logistic):
     tb = logistic[0]
     with pytest.warns(ApproximationWarning, match="largest gradient norm reached"):
         tb.retrain(np.arange(40), tol=1e-14, maxiter=2)
+    # the explorer's background thread asks for no warning (filters are process-wide) and reads the flags
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, runs = tb._gt_actual_effect(logistic[4][:1], None, np.arange(41), "loss", 1e-14, 2, warn=False)
+    assert not runs[1].converged and runs[1].gradient_norm > 1e-14
 
 
 @pytest.mark.parametrize(

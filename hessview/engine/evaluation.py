@@ -173,8 +173,8 @@ def lds(
     subsets = draw_subsets(np.arange(n), n, n_subsets, alpha, np.random.default_rng(seed))
     influence = toolbox._gt_influence(X, labels, measurement)
     predicted = SIGN[measurement] * (~subsets).astype(influence.dtype) @ influence.T
-    tol = toolbox._retrain_tol(tol)
-    results = toolbox._retrain_results(
+    tol = toolbox._gt_tol(tol)
+    results = toolbox._gt_retrain_results(
         [torch.from_numpy(np.flatnonzero(mask)) for mask in subsets],
         tol,
         maxiter,

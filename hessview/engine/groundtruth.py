@@ -56,10 +56,10 @@ class GroundTruthMixin:
             self._gt_problem_cache = cached = (key, problem)
         return cached[1]
 
-    def _retrain_tol(self, tol: float | None) -> float:
+    def _gt_tol(self, tol: float | None) -> float:
         return default_tol(self.median_sample_gradient_norm_) if tol is None else float(tol)
 
-    def _retrain_results(
+    def _gt_retrain_results(
         self,
         keeps,
         tol: float,
@@ -70,6 +70,7 @@ class GroundTruthMixin:
         what: str = "retraining",
         max_seconds: float | None = None,
         announce: bool = False,
+        warn: bool = True,
     ) -> list[Retrained]:
         cache = self.__dict__.setdefault("_retrained", {})
         return retrain_many(
@@ -84,6 +85,7 @@ class GroundTruthMixin:
             max_seconds=max_seconds,
             announce=announce,
             cache=cache,
+            warn=warn,
         )
 
     def _gt_measure(self, theta: torch.Tensor, X: torch.Tensor, labels: torch.Tensor, measurement: str):
@@ -130,7 +132,7 @@ class GroundTruthMixin:
         self._require_fit()
         check_tol_maxiter(tol, maxiter)
         keep = keep_indices(remove, self.n_train)
-        result = self._retrain_results([keep], self._retrain_tol(tol), maxiter)[0]
+        result = self._gt_retrain_results([keep], self._gt_tol(tol), maxiter)[0]
         return module_at(self.flat, result.theta)
 
     def actual_effect(
@@ -151,14 +153,20 @@ class GroundTruthMixin:
         ``influence`` (positive = the removed points were helpful). Labels are predicted when ``y_test`` is
         None.
         """
+        return self._gt_actual_effect(X_test, y_test, remove, measurement, tol, maxiter)[0]
+
+    def _gt_actual_effect(
+        self, X_test, y_test, remove, measurement, tol=None, maxiter=DEFAULT_MAXITER, *, warn: bool = True
+    ):
+        """:meth:`actual_effect` and the two retrainings behind it (baseline, without ``remove``)."""
         X, labels = self._gt_query(X_test, y_test, measurement)
         check_tol_maxiter(tol, maxiter)
         keep = keep_indices(remove, self.n_train)
         everything = torch.arange(self.n_train)
-        base, new = self._retrain_results([everything, keep], self._retrain_tol(tol), maxiter)
-        before = self._gt_measure(base.theta, X, labels, measurement)
-        change = self._gt_measure(new.theta, X, labels, measurement) - before
-        return SIGN[measurement] * change
+        runs = self._gt_retrain_results([everything, keep], self._gt_tol(tol), maxiter, warn=warn)
+        before = self._gt_measure(runs[0].theta, X, labels, measurement)
+        change = self._gt_measure(runs[1].theta, X, labels, measurement) - before
+        return SIGN[measurement] * change, runs
 
     def group_influence(
         self, X_test, y_test=None, *, remove, measurement: str = "loss", order: int = 2

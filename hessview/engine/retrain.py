@@ -244,6 +244,7 @@ def retrain_many(
     max_seconds: float | None = None,
     announce: bool = False,
     cache: dict | None = None,
+    warn: bool = True,
 ) -> list[Retrained]:
     """Retrain once per kept-index set, in process or one ``client`` task each, in the order given.
 
@@ -251,7 +252,8 @@ def retrain_many(
     memory of one) is printed when it exceeds ``ESTIMATE_PRINT_SECONDS`` (always with ``announce``) and,
     when it exceeds ``max_seconds``, the run stops with a ValueError before the others start. Results
     already in ``cache`` (a dict keyed by the kept indices, the tolerance and ``maxiter``) are reused. Warns
-    with :class:`ApproximationWarning` when a retraining stops above ``tol``.
+    with :class:`ApproximationWarning` when a retraining stops above ``tol`` (unless ``warn`` is False: a
+    caller in a background thread reads ``converged`` instead, since warning filters are process-wide).
     """
     keys = [(keep.numpy().tobytes(), float(tol), int(maxiter)) for keep in keeps]
     results: list[Retrained | None] = [None] * len(keeps)
@@ -307,7 +309,7 @@ def retrain_many(
         if cache is not None:
             _store(cache, {keys[i]: results[i] for i in todo})
     failed = [r for r in results if not r.converged]
-    if failed:
+    if failed and warn:
         worst = max(r.gradient_norm for r in failed)
         warnings.warn(
             f"{len(failed)} of {len(results)} retrainings stopped above the gradient tolerance {tol:.3g} "

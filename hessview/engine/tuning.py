@@ -165,8 +165,8 @@ def tune_damping(
     subsets = draw_subsets(rest, n, n_subsets, alpha, rng)
     removed = (~subsets).astype(np.float64)
     X_h, y_h = toolbox.X_train[torch.from_numpy(hold)], toolbox.y_train[torch.from_numpy(hold)]
-    tol = toolbox._retrain_tol(tol)
-    results = toolbox._retrain_results(
+    tol = toolbox._gt_tol(tol)
+    results = toolbox._gt_retrain_results(
         [torch.from_numpy(np.flatnonzero(mask)) for mask in subsets],
         tol,
         maxiter,

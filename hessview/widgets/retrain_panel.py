@@ -18,7 +18,6 @@ import html
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Callable
 
 import ipywidgets as widgets
@@ -147,15 +146,20 @@ class RetrainPanel:
         if removed.size == 0:
             return {"removed": removed, "sum_of_influences": 0.0, "newton_step": 0.0, "actual": 0.0}
         args = {"remove": removed, "measurement": measurement}
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            first = float(toolbox.group_influence(X, labels, order=1, **args)[0])
-            try:
-                newton = float(toolbox.group_influence(X, labels, order=2, **args)[0])
-            except ValueError:  # low-rank toolbox: no P x P curvature for the Newton step
-                newton = float("nan")
-            actual = float(toolbox.actual_effect(X, labels, **args)[0])
-        notes = sorted({str(w.message) for w in caught})
+        first = float(toolbox.group_influence(X, labels, order=1, **args)[0])
+        try:
+            newton = float(toolbox.group_influence(X, labels, order=2, **args)[0])
+        except ValueError:  # low-rank toolbox: no P x P curvature for the Newton step
+            newton = float("nan")
+        # no warnings from this thread (filters are process-wide): the retrainings say if they converged
+        effect, runs = toolbox._gt_actual_effect(X, labels, removed, measurement, warn=False)
+        actual = float(effect[0])
+        notes = [
+            f"a retraining stopped at gradient norm {r.gradient_norm:.3g}, above its tolerance: the actual "
+            "value is approximate"
+            for r in runs
+            if not r.converged
+        ]
         return {
             "removed": removed,
             "sum_of_influences": first,

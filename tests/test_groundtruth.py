@@ -425,6 +425,15 @@ def test_damping_tuned_in_fit_is_tune_damping_with_its_defaults(mlp):
     assert tuned.damping_reason_.startswith("tuned: delta")
 
 
+def test_a_tuned_damping_is_saved_with_its_scores(mlp, tmp_path):
+    model, X, y, *_ = mlp
+    tuned = HessianToolbox(model, X, y, weight_decay=WD_MLP, progress=False).fit().tune_damping(n_subsets=6)
+    loaded = HessianToolbox.load(tuned.save(tmp_path / "tuned.safetensors"), model, progress=False)
+    assert loaded.damping_ == tuned.damping_ and loaded.tuned_lds_ == tuned.tuned_lds_
+    assert loaded.damping_scores_ == tuned.damping_scores_
+    assert loaded.damping_reason_ == tuned.damping_reason_
+
+
 def test_lds_and_tune_damping_with_a_low_rank_toolbox(logistic):
     """A low-rank inverse (top 4 of 10 pairs; it warns that the complement is misrepresented): same path."""
     _, model, X, y, X_test, y_test = logistic

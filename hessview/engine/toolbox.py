@@ -1003,6 +1003,11 @@ class HessianToolbox(GroundTruthMixin):
                 "damping": self.damping,
                 "n_screened": self.n_screened_,
                 "screening_residual": self.screening_residual_,
+                "damping_reason": self.damping_reason_,
+                "tuned_lds": getattr(self, "tuned_lds_", None),
+                "damping_scores": [
+                    [float(d), float(v)] for d, v in getattr(self, "damping_scores_", {}).items()
+                ],
             },
             "model_fingerprint": self.flat.fingerprint(),
             "data_fingerprint": self.data_fingerprint(),
@@ -1104,6 +1109,10 @@ class HessianToolbox(GroundTruthMixin):
             raise CorruptCacheError(f"{path} is corrupt: its training data do not match its fingerprint")
         toolbox._restore(path, tensors, device, method_, method_reason, fitted.get("damping"))
         toolbox.n_screened_, toolbox.screening_residual_ = n_screened, residual
+        if fitted.get("damping_scores"):  # a damping chosen by tune_damping: its scores and reason
+            toolbox.damping_scores_ = {d: v for d, v in fitted["damping_scores"]}
+            toolbox.tuned_lds_ = fitted.get("tuned_lds")
+            toolbox.damping_reason_ = fitted.get("damping_reason", toolbox.damping_reason_)
         return toolbox
 
     def _restore(self, path, tensors, device, method_, method_reason, damping) -> None:

@@ -3,6 +3,7 @@
     python benchmarks/bench_explorer.py [--demo fermi-hubbard] [--clicks 50] [--starts 3] [--no-browser]
     python benchmarks/bench_explorer.py --no-server --clicks 20 --starts 1 --json runs.jsonl --label NAME
     python benchmarks/bench_explorer.py --summarise runs.jsonl
+    python benchmarks/bench_explorer.py --app landscape --starts 3   # the landscape app's cold start
 
 Needs the demo's caches (``hessview build``); the browser parts need /usr/bin/chromium and
 Playwright. Prints a markdown table of medians against the goals (20 ms, 200 ms, 10 s).
@@ -217,6 +218,54 @@ def browser(demo: str, clicks: int, starts: int) -> dict:
     }
 
 
+def landscape_cold_start(starts: int) -> list[float]:
+    """Seconds from launching ``hessview app landscape`` (landscapes cached) to every tree drawn."""
+    from playwright.sync_api import sync_playwright
+
+    from hessview.app.landscape_demo import LANDSCAPES, build
+
+    build(progress=True)  # cached before anything is timed
+    selector = ".hv-landscape-{} .hv-landscape-graph path.dot"
+    times = []
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        for _ in range(starts):
+            port = cli.free_port(20866)
+            url = f"http://127.0.0.1:{port}/"
+            start = time.perf_counter()
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hessview.app.cli",
+                    "app",
+                    "landscape",
+                    "--no-browser",
+                    "--port",
+                    str(port),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=ROOT,
+                env=dict(
+                    os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+                ),
+            )
+            try:
+                wait_for_http(url)
+                page = chromium.new_page(viewport={"width": 1280, "height": 800})
+                page.goto(url, timeout=180_000)
+                for name in LANDSCAPES:
+                    page.wait_for_selector(selector.format(name), state="attached", timeout=180_000)
+                times.append(time.perf_counter() - start)
+                page.close()
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+        chromium.close()
+    return times
+
+
 def summarise(path: str) -> None:
     """Print, per demo and label, the pooled medians of runs appended with ``--json``."""
     groups: dict[tuple[str, str], dict] = {}
@@ -253,9 +302,20 @@ def main() -> None:
     parser.add_argument("--json", help="append this run's raw browser timings to this file")
     parser.add_argument("--label", default="", help="name of this run in --json")
     parser.add_argument("--summarise", metavar="JSONL", help="summarise runs appended with --json")
+    parser.add_argument("--app", choices=["landscape"], help="time the cold start of another app instead")
     args = parser.parse_args()
     if args.summarise:
         summarise(args.summarise)
+        return
+    if args.app == "landscape":
+        load = load_average()
+        times = landscape_cold_start(args.starts)
+        print(
+            f"landscape app: cold start to every disconnectivity graph drawn, median of {len(times)}: "
+            f"{statistics.median(times):.2f} s ({', '.join(f'{t:.2f}' for t in times)}); "
+            f"load at start {load}, "
+            f"at the end {load_average()}"
+        )
         return
     if args.no_server:
         load = os.getloadavg()

@@ -325,13 +325,14 @@ def speed_row(args, rate, label, model, X, y):
     scale = float(tb.hessian.abs().max())
     diff_rows = float((H_rows - tb.hessian[rows]).abs().max()) / scale
     diff_old = float((tb_old.hessian - tb.hessian).abs().max()) / scale
-    m = min(n, 10)  # FLOPs are counted on 10 samples and scaled to n
+    kept = n - tb.n_screened_  # samples in the Hessian
+    m = min(n, 10)  # FLOPs are counted on 10 samples and scaled to those in the Hessian
     one, shard = product_flops(model, X[:m], y[:m], wd)
-    now = counted_flops(lambda: shard.dense_curvature("hessian", 128)) * n / m
-    one *= n / m
+    now = counted_flops(lambda: shard.dense_curvature("hessian", 128)) * kept / m
+    one *= kept / m
     limit = P * one / rate
     print(
-        f"| {label} | {n - tb.n_screened_} of {n} | {t_rows:.1f} s | {t_old:.1f} s | {t_new:.1f} s "
+        f"| {label} | {kept} of {n} | {t_rows:.1f} s | {t_old:.1f} s | {t_new:.1f} s "
         f"| **{t_rows / t_new:.1f}x** | {t_old / t_new:.1f}x | {one / 1e6:.0f} | {limit:.1f} s "
         f"| {limit / t_new:.0%} | {now / (P * one):.2f} | {diff_rows:.0e}, {diff_old:.0e} "
         f"| {os.getloadavg()[0]:.1f} |",

@@ -228,3 +228,32 @@ def test_newton_steps_take_the_gradient_to_roundoff_at_the_same_minimum():
     assert torch.func.grad(value)(expected).norm() < 1e-13
     got = torch.cat([p.detach().flatten() for p in polished.model.parameters()])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-11)
+
+
+def test_newton_steps_leave_an_indefinite_start_for_a_minimum():
+    X, y = blobs()
+    Xt, yt = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y)
+
+    def network():
+        return nn.Sequential(nn.Linear(2, 6), nn.Tanh(), nn.Linear(6, 2))
+
+    def hessian_eigenvalues(model):  # plain autograd on the objective
+        params = list(model.parameters())
+        shapes = [p.shape for p in params]
+        theta = torch.cat([p.detach().flatten() for p in params])
+
+        def value(flat):
+            pieces = torch.split(flat, [int(np.prod(s)) for s in shapes])
+            w1, b1, w2, b2 = (p.view(s) for p, s in zip(pieces, shapes, strict=True))
+            logits = torch.tanh(Xt @ w1.T + b1) @ w2.T + b2
+            return nn.functional.cross_entropy(logits, yt) + 1e-2 / 2 * flat @ flat
+
+        return torch.linalg.eigvalsh(torch.func.hessian(value)(theta))
+
+    kw = dict(weight_decay=1e-2, epochs=0, lbfgs_steps=0, seed=0, progress=False)
+    start = train(network(), X, y, newton_steps=0, **kw).model
+    assert hessian_eigenvalues(start)[0] < 0  # the initialisation is in a saddle region
+    result = train(network(), X, y, newton_steps=40, **kw)
+    assert 0 < result.newton_steps < 40
+    assert independent_gradient(result.model, X, y, 1e-2) < 1e-13
+    assert hessian_eigenvalues(result.model)[0] > 0

@@ -153,12 +153,15 @@ def _polish(model, params, X, y, weight_decay, max_steps, tolerance, losses, bar
 
 
 def _newton(model, params, X, y, weight_decay, max_steps, losses, bar) -> int:
-    """Newton steps with the exact Hessian (hessview's engine) while the gradient norm keeps falling.
+    r"""Newton steps with the exact Hessian (hessview's engine) while they make progress.
 
-    A step is taken only where the Hessian is positive definite; it is halved until the gradient norm
-    falls (near a minimum the full step always does).  Stops once the gradient norm is below
-    ``ROUNDOFF_GRADIENT`` (float64 roundoff for an objective of order one), since every further step
-    costs a Hessian and gains nothing.  Returns the steps taken.
+    Where the Hessian is positive definite the step is :math:`-H^{-1}\nabla\mathcal{L}`; where it is not
+    (a saddle region), the Levenberg-Marquardt step :math:`-(H + \mu I)^{-1}\nabla\mathcal{L}` with
+    :math:`\mu = 2|\lambda_{min}|`.  A step is halved until the objective falls, or, once the objective's
+    changes are at float64 roundoff, until the gradient norm falls (near a minimum the full step does
+    both).  Stops once the gradient norm is below ``ROUNDOFF_GRADIENT`` (float64 roundoff for an
+    objective of order one), since every further step costs a Hessian and gains nothing, or when no
+    halving helps.  Returns the steps taken.
     """
     import warnings
 
@@ -166,22 +169,23 @@ def _newton(model, params, X, y, weight_decay, max_steps, losses, bar) -> int:
 
     taken = 0
     for _ in range(max_steps):
-        if _gradient_norm(model, X, y, weight_decay)[1] < ROUNDOFF_GRADIENT:
+        start_loss, start_norm = _gradient_norm(model, X, y, weight_decay)
+        if start_norm < ROUNDOFF_GRADIENT:
             break
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the toolbox rightly says the start is not yet stationary
             toolbox = HessianToolbox(model, X, y, weight_decay=weight_decay, progress=False, screen=False)
             toolbox.fit()
-        if toolbox.lambda_min_ <= 0:
-            break
         theta = toolbox.theta
         gradient = toolbox.train_gradients.mean(dim=0) + weight_decay * theta
-        step = toolbox.eigenvectors @ ((toolbox.eigenvectors.T @ gradient) / toolbox.eigenvalues)
-        start = _gradient_norm(model, X, y, weight_decay)[1]
-        for scale in 0.5 ** np.arange(8):
+        shift = 0.0 if toolbox.lambda_min_ > 0 else 2 * abs(toolbox.lambda_min_)
+        vectors = toolbox.eigenvectors
+        step = vectors @ ((vectors.T @ gradient) / (toolbox.eigenvalues + shift))
+        roundoff = 1e-14 * max(abs(start_loss), 1.0)
+        for scale in 0.5 ** np.arange(12):
             vector_to_parameters((theta - scale * step).to(params[0].dtype), params)
             loss, norm = _gradient_norm(model, X, y, weight_decay)
-            if norm < start:
+            if loss < start_loss - roundoff or (loss <= start_loss + roundoff and norm < start_norm):
                 break
         else:
             vector_to_parameters(theta.to(params[0].dtype), params)
@@ -226,8 +230,8 @@ def train(
         epochs: Adam steps.
         learning_rate: Adam step size.
         lbfgs_steps: the most L-BFGS iterations.
-        newton_steps: the most Newton steps after L-BFGS (they stop when the gradient norm stops falling
-            or the Hessian is not positive definite).
+        newton_steps: the most Newton steps after L-BFGS (Levenberg-Marquardt steps where the Hessian is
+            not positive definite; they stop at float64 roundoff or when no step makes progress).
         gradient_tolerance: stop L-BFGS once the gradient norm is below this.
         seed: seed of the parameter initialisation.
         adam_dtype: precision of the Adam warm-up (the polish is always float64).

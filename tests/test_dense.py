@@ -201,3 +201,21 @@ def test_shards_of_the_papers_cnn_sum_to_the_autograd_hessian():
         shards = make_shards(flat, X, y, "cross_entropy", 2)
         H = sum(shard.dense_curvature("hessian", 128) for shard in shards)
         assert_relative(H, autograd_hessian(model, X, y, "cross_entropy", scale=1 / 4))
+
+
+def test_hessian_from_dask_workers_equals_autograd(recwarn):
+    """Shards pickled to two in-process Dask workers (their threads take turns) give the exact Hessian."""
+    distributed = pytest.importorskip("distributed")
+    from distributed.protocol import deserialize, serialize
+
+    model, X, y, loss = make_case("pool-cnn-ce")
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None, silence_logs=40
+    )
+    with cluster, distributed.Client(cluster) as client:
+        tb = HessianToolbox(model, X, y, weight_decay=0.01, client=client, progress=False).fit()
+    expected = autograd_hessian(model, X, y, loss, scale=1 / len(X))
+    assert_relative(tb.hessian, expected + 0.01 * torch.eye(tb.n_params, dtype=torch.float64))
+    shard = make_shards(FlatModel(model, torch.float64), X, y, loss, 8, len(X))[0]
+    copy = deserialize(*serialize(shard, serializers=["pickle"]))
+    assert torch.equal(copy.dense_curvature("hessian", 16), shard.dense_curvature("hessian", 16))

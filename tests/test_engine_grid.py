@@ -106,3 +106,33 @@ def test_queries_equal_the_plain_torch_oracle(
     predicted = f(theta, X_test).argmax(dim=1)
     J = per_sample_gradients(f, theta, X_test, predicted)
     close(tb.extrapolation(Xd, m=m).score, (J - J @ U @ U.T).norm(dim=1))
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "ggn"])
+def test_curvature_operator_products_equal_the_oracle_in_both_modes(problem, curvature):
+    from hessview.engine.curvature import CurvatureOperator, DenseCurvature, ShardedCurvature
+
+    model, X, y = problem
+    f, theta = as_function(model)
+    C = (hessian if curvature == "hessian" else ggn)(f, theta, X, y, WD)
+    M = torch.randn(C.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    kinds = {"exact": DenseCurvature, "lowrank": ShardedCurvature}
+    for method, kind in kinds.items():
+        tb = fit_checked(
+            HessianToolbox(
+                model,
+                X,
+                y,
+                weight_decay=WD,
+                damping=DAMPING,
+                method=method,
+                rank=RANK,
+                curvature=curvature,
+                progress=False,
+            )
+        )
+        operator = tb.curvature_
+        assert isinstance(operator, CurvatureOperator) and isinstance(operator, kind)
+        before = operator.products
+        np.testing.assert_allclose((operator @ M).numpy(), (C @ M).numpy(), rtol=1e-10, atol=1e-12)
+        assert operator.products == before + 3 and operator.shape == C.shape

@@ -31,6 +31,7 @@ from hessview._io import atomic_path
 from hessview.engine import _validation as check
 from hessview.engine import queries
 from hessview.engine.blocks import write_row_blocks
+from hessview.engine.curvature import CurvatureOperator, DenseCurvature, ShardedCurvature
 from hessview.engine.distributed import (
     CURVATURES,
     DaskBackend,
@@ -197,6 +198,7 @@ class HessianToolbox(GroundTruthMixin):
         self._train_scores: dict[tuple[int, str], np.ndarray] = {}
         self._derived: dict = {}
         self._backend = None
+        self._curvature_operator = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -374,7 +376,7 @@ class HessianToolbox(GroundTruthMixin):
     def _fit_exact(self) -> None:
         X, y, n, theta = self.X_train, self.y_train, self.n_train, self.theta
         data_chunk, row_chunk = default_chunks(n, X[0].numel(), self.n_params)
-        self._backend = None
+        self._backend = self._curvature_operator = None
         if self.client is None:
             shards = make_shards(self.flat, X, y, self.loss, data_chunk)
             self._backend = LocalBackend(shards)
@@ -435,7 +437,7 @@ class HessianToolbox(GroundTruthMixin):
         return sum(shard.dense_curvature(self.curvature, row_chunk) for shard in shards)
 
     def _fit_lowrank(self) -> None:
-        self._backend = None
+        self._backend = self._curvature_operator = None
         self._hessian = self._train_gradients = None
         self.eigenvalues, self.eigenvectors = top_eigenpairs(
             lambda v: self.curvature_matmat(v[:, None])[:, 0],
@@ -676,12 +678,24 @@ class HessianToolbox(GroundTruthMixin):
             **extra,
         )
 
-    def curvature_matmat(self, M: torch.Tensor) -> torch.Tensor:
-        """Matrix-free ``(C + weight_decay I) M`` for ``M`` ``(P, k)``, ``C`` the data curvature."""
+    @property
+    def curvature_(self) -> CurvatureOperator:
+        """The curvature (data part plus ``weight_decay I``) as a :mod:`~hessview.engine.curvature` operator.
+
+        Dense after an exact fit, else matrix-free over the training shards.
+        """
         if self._hessian is not None:
-            return self._hessian @ M
-        parts = self._get_backend().map("curvature_matmat", M.T.contiguous(), self.curvature)
-        return sum(parts).T + self.weight_decay * M
+            if not isinstance(self._curvature_operator, DenseCurvature):
+                self._curvature_operator = DenseCurvature(self._hessian)
+        elif not isinstance(self._curvature_operator, ShardedCurvature):
+            self._curvature_operator = ShardedCurvature(
+                self._get_backend(), self.n_params, self.curvature, self.weight_decay
+            )
+        return self._curvature_operator
+
+    def curvature_matmat(self, M: torch.Tensor) -> torch.Tensor:
+        """``(C + weight_decay I) M`` for ``M`` ``(P, k)``, ``C`` the data curvature (see ``curvature_``)."""
+        return self.curvature_.matmat(M)
 
     def inverse_hvp(
         self, M: torch.Tensor, *, solver: str = "eig", tol: float = 1e-6, maxiter: int | None = None

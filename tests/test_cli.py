@@ -125,7 +125,9 @@ def listening_addresses(port: int) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def demo_cache():
+def demo_cache(request):
+    if DEMO == "fermi-hubbard":  # built once per session, its (true) warnings asserted there
+        return request.getfixturevalue("fermi_hubbard_demo")
     from hessview.app.demos import load_demo
 
     return load_demo(DEMO, progress=False)

@@ -86,7 +86,9 @@ CLICKABLE_DOTS = """() => {
 
 
 @pytest.fixture(scope="module")
-def demo():
+def demo(request):
+    if DEMO == "fermi-hubbard":  # built once per session, its (true) warnings asserted there
+        return request.getfixturevalue("fermi_hubbard_demo")
     from hessview.app.demos import load_demo
 
     return load_demo(DEMO, progress=False)

@@ -20,8 +20,8 @@ K = 10  # top-k training points examined
 
 
 @pytest.fixture(scope="module")
-def full():
-    demo = load_demo("fermi-hubbard", progress=False)
+def full(fermi_hubbard_demo):
+    demo = fermi_hubbard_demo
     tb = demo.toolbox
     p_cdw = tb.predict(demo.X_test)[:, 1]
     return demo, p_cdw, tb.influence(demo.X_test, demo.y_test)

@@ -96,3 +96,40 @@ def test_unknown_landscape_and_cli_choice():
     assert "landscape" in cli.APPS and "landscape" not in cli.DEMOS
     args = cli.parser().parse_args(["app", "landscape", "--quick", "--no-browser"])
     assert args.name == "landscape" and args.quick
+
+
+def test_concurrent_builders_make_one_build(tmp_path, monkeypatch):
+    """Two builders of one landscape at once: one builds, the other waits and reuses its build."""
+    import threading
+    import time
+
+    import hessview.landscape
+
+    monkeypatch.setenv("HESSVIEW_CACHE_DIR", str(tmp_path))
+    builds = []
+    real = hessview.landscape.Landscape
+
+    class Counting(real):
+        def explore(self, *args, **kwargs):
+            builds.append(threading.get_ident())
+            time.sleep(1.0)  # long enough for the other builder to arrive while this one builds
+            return super().explore(*args, **kwargs)
+
+    monkeypatch.setattr(hessview.landscape, "Landscape", Counting)
+    results, errors = [], []
+
+    def load():
+        try:
+            landscape, _ = landscape_demo.load_landscape("synthetic", quick=True, progress=False)
+            results.append([m.id for m in landscape.minima])  # SQLite objects stay in their thread
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(builds) == 1
+    assert results[0] == results[1] and len(results[0]) > 1

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hessview._io import atomic_path, cache_dir
+from hessview._io import atomic_path, cache_dir, file_lock
 
 LANDSCAPES = ("synthetic", "fermi-hubbard", "ising")
 SETTINGS = {
@@ -157,25 +157,37 @@ def load_landscape(name: str, *, quick: bool = False, progress: bool = True, reb
     data = landscape_data(name, chosen, progress=progress)
     options = dict(hidden=chosen["hidden"], weight_decay=chosen["weight_decay"], seed=chosen["seed"])
     if rebuild or not _is_complete(folder, chosen):
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        building = folder / ".building.sqlite"
-        if progress:
-            print(f"hessview: building the {name!r} energy landscape", flush=True)
-        landscape = Landscape(data["X"], data["y"], db=building, **options)
-        landscape.explore(
-            chosen["n_steps"],
-            temperature=chosen["temperature"],
-            step_size=chosen["step_size"],
-            progress=progress,
-        )
-        landscape.connect(max_attempts=chosen["max_attempts"], progress=progress)
-        landscape.close()
-        os.replace(building, folder / "landscape.sqlite")
-        with atomic_path(folder / "meta.json") as tmp:
-            tmp.write_text(json.dumps({"settings": chosen, "title": TITLES[name]}, indent=1))
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        waiting = f"another process is building the {name!r} landscape; waiting for it"
+        # one builder at a time: a second one waits, then finds the first one's complete build
+        with file_lock(folder.parent / f".{folder.name}.lock", waiting=waiting):
+            if rebuild or not _is_complete(folder, chosen):
+                _build(name, folder, chosen, data, options, progress)
     return Landscape(data["X"], data["y"], db=folder / "landscape.sqlite", **options), data
+
+
+def _build(name: str, folder: Path, chosen: dict, data: dict, options: dict, progress: bool) -> None:
+    """Explore and connect one landscape into ``folder`` (its database renamed into place when complete)."""
+    from hessview.landscape import Landscape
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    building = folder / ".building.sqlite"
+    if progress:
+        print(f"hessview: building the {name!r} energy landscape", flush=True)
+    landscape = Landscape(data["X"], data["y"], db=building, **options)
+    landscape.explore(
+        chosen["n_steps"],
+        temperature=chosen["temperature"],
+        step_size=chosen["step_size"],
+        progress=progress,
+    )
+    landscape.connect(max_attempts=chosen["max_attempts"], progress=progress)
+    landscape.close()
+    os.replace(building, folder / "landscape.sqlite")
+    with atomic_path(folder / "meta.json") as tmp:
+        tmp.write_text(json.dumps({"settings": chosen, "title": TITLES[name]}, indent=1))
 
 
 def build(*, quick: bool = False, progress: bool = True, rebuild: bool = False) -> None:

@@ -159,7 +159,9 @@ def test_the_extrapolation_score_of_the_loss_peaks_near_the_decision_boundary(fu
     # the test-loss gradient, as for influence (Dawid et al.): with a saturated softmax it vanishes deep in
     # both phases; the logits' gradient does not, and its score grows with V1 instead (see the notebook)
     demo, p_cdw, _ = full
-    score = demo.toolbox.extrapolation(demo.X_test, prediction="loss").score
+    result = demo.toolbox.extrapolation(demo.X_test)  # the default for classifiers: the loss gradient
+    score = result.score
+    np.testing.assert_array_equal(score, demo.toolbox.extrapolation(demo.X_test, prediction="loss").score)
     distance = np.abs(np.log(demo.x / boundary(demo, p_cdw)))
     assert distance[np.argmax(score)] < np.log(2)
     assert score.max() > 3 * np.median(score[distance > np.log(8)])

@@ -88,11 +88,29 @@ if not any(isinstance(finder, _MovedModuleFinder) for finder in sys.meta_path):
     sys.meta_path.insert(0, _MovedModuleFinder())
 
 
+_EXTRAS = {"bqplot": "widgets", "ipywidgets": "widgets", "traitlets": "widgets", "voila": "app"}
+
+
+def _import(module: str):
+    """Import ``module``; a missing optional dependency says which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        extra = _EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        raise ModuleNotFoundError(
+            f"{module} needs {err.name}, which the engine alone does not install: "
+            f'pip install "hessview[{extra}]"',
+            name=err.name,
+        ) from err
+
+
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(_import(_LAZY[name]), name)
     if name in _SUBPACKAGES or f"hessview.{name}" in _MOVED:
-        return importlib.import_module(f"hessview.{name}")
+        return _import(f"hessview.{name}")
     raise AttributeError(f"module 'hessview' has no attribute {name!r}")
 
 

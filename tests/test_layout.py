@@ -49,3 +49,13 @@ def test_subpackages_are_lazy_attributes():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_missing_widget_dependency_names_the_extra():
+    code = (
+        "import sys; sys.modules['bqplot'] = None\n"  # as if only the engine were installed
+        "import hessview\n"
+        "try:\n    hessview.Explorer\nexcept ModuleNotFoundError as err:\n    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert 'pip install "hessview[widgets]"' in out.stdout, out.stderr

@@ -11,38 +11,20 @@ import os
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
+from browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, ROOT, require_chromium
 
 import hessview.app.cli as cli
 
 pytestmark = pytest.mark.browser
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 DEMO = os.environ.get("HESSVIEW_DEMO", "fermi-hubbard")  # the app notebook serves this one
 K = 5  # the explorer's default
 N_RESAMPLES = 200  # the explorer's default
 
-if not CHROMIUM.exists():
-    pytest.skip(
-        "/usr/bin/chromium does not exist: install Debian's chromium package "
-        "(apt-get install chromium) to run the browser tests",
-        allow_module_level=True,
-    )
+require_chromium()
 
 # Every panel reports the test index it shows; true once they all show ``index``.
 ALL_PANELS_SHOW = """(index) => {

@@ -7,6 +7,11 @@ inverse differ only here (the layout follows curvlinops' ``inverse.py``):
 
 - :class:`EigenInverse`: the full eigendecomposition :math:`C = V \\Lambda V^T`, so
   :math:`(C + \\delta I)^{-1} = V (\\Lambda + \\delta)^{-1} V^T`, exact.
+- :class:`CholeskyInverse`: the Cholesky factor :math:`C + \\delta I = L L^T` of a positive definite
+  curvature, :math:`(C + \\delta I)^{-1} = L^{-T} L^{-1}`, exact; a factorisation costs :math:`P^3/3`
+  floating point operations against about :math:`9 P^3` for an eigendecomposition with eigenvectors (Golub &
+  Van Loan, *Matrix Computations*, 4th ed., 2013, sections 4.2 and 8.3), so a query that needs only the
+  inverse does not wait for the spectrum.
 - :class:`LowRankInverse`: the top-``r`` pairs exactly and the orthogonal complement as if its curvature
   were ``w`` (see :mod:`hessview.engine.lowrank`), approximate; :meth:`LowRankInverse.misrepresentation`
   bounds how badly.
@@ -105,6 +110,66 @@ class EigenInverse(InverseOperator):
     @property
     def cost(self):  # noqa: D102
         return f"one dense {self.matrix.shape[0]} x {self.matrix.shape[0]} product (exact)"
+
+
+def cholesky_factor(matrix: torch.Tensor, shift: float = 0.0) -> torch.Tensor | None:
+    """Lower Cholesky factor of ``matrix + shift I``, or ``None`` when the factorisation breaks down.
+
+    A breakdown means a pivot was not positive: the matrix is not (numerically) positive definite.
+
+    >>> A = torch.tensor([[4.0, 2.0], [2.0, 3.0]], dtype=torch.float64)
+    >>> cholesky_factor(A)
+    tensor([[2.0000, 0.0000],
+            [1.0000, 1.4142]], dtype=torch.float64)
+    >>> cholesky_factor(A, shift=-3.0) is None
+    True
+    """
+    shifted = matrix + shift * torch.eye(matrix.shape[0], dtype=matrix.dtype, device=matrix.device)
+    factor, info = torch.linalg.cholesky_ex(shifted)
+    if int(info) != 0 or not bool(torch.isfinite(factor).all()):
+        return None
+    return factor
+
+
+@dataclass(frozen=True)
+class CholeskyInverse(InverseOperator):
+    """Exact inverse of a positive definite damped curvature from its Cholesky factor.
+
+    .. math:: C + \\delta I = L L^T, \\qquad (C + \\delta I)^{-1} = L^{-T} L^{-1}
+
+    (``torch.cholesky_inverse``), formed once. Needs the ``P x P`` curvature, not its eigenpairs; raises
+    ``ValueError`` when the factorisation breaks down (not positive definite).
+
+    >>> C = torch.tensor([[2.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    >>> CholeskyInverse(C, 0.0).apply(torch.ones(2, 1, dtype=torch.float64)).flatten()
+    tensor([0.5000, 0.2500], dtype=torch.float64)
+    """
+
+    curvature: torch.Tensor = field(repr=False)
+    damping: float = 0.0
+    exact: bool = True
+    eigenvalues: torch.Tensor | None = field(default=None, repr=False)
+    eigenvectors: torch.Tensor | None = field(default=None, repr=False)
+    matrix: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self):
+        factor = cholesky_factor(self.curvature, self.damping)
+        if factor is None:
+            raise ValueError(
+                f"the curvature plus damping is not positive definite (its Cholesky factorisation breaks "
+                f"down with delta = {self.damping:.3g}); use damping='auto' or a larger damping"
+            )
+        object.__setattr__(self, "matrix", torch.cholesky_inverse(factor))
+
+    def apply(self, M):  # noqa: D102
+        return self.matrix @ M
+
+    def with_damping(self, delta):  # noqa: D102
+        return CholeskyInverse(self.curvature, float(delta))
+
+    @property
+    def cost(self):  # noqa: D102
+        return f"one dense {self.matrix.shape[0]} x {self.matrix.shape[0]} product (exact, Cholesky)"
 
 
 @dataclass(frozen=True)

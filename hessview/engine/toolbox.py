@@ -51,14 +51,22 @@ from hessview.engine.hessian import (
     default_chunks,
     per_sample_gradients,
 )
-from hessview.engine.inverse import CGInverse, EigenInverse, InverseOperator, LowRankInverse, PCGInverse
+from hessview.engine.inverse import (
+    CGInverse,
+    CholeskyInverse,
+    EigenInverse,
+    InverseOperator,
+    LowRankInverse,
+    PCGInverse,
+    cholesky_factor,
+)
 from hessview.engine.losses import Loss, check_measurement, get_loss
 from hessview.engine.lowrank import top_eigenpairs
 from hessview.engine.params import FlatModel
 from hessview.engine.persistence import FORMAT, CorruptCacheError, ToolboxSettings, seal, unseal
 from hessview.engine.screening import RTOL as SCREENING_RTOL
 from hessview.engine.screening import frobenius_estimate, saturated
-from hessview.engine.spectrum import choose_damping, eigengap_rank, numerical_zero, top_directions
+from hessview.engine.spectrum import Damping, choose_damping, eigengap_rank, numerical_zero, top_directions
 from hessview.engine.uncertainty import Uncertainty, bootstrap_weights, summarise
 
 __all__ = ["FORMAT", "HessianToolbox", "NotStationaryWarning"]
@@ -195,6 +203,9 @@ class HessianToolbox(GroundTruthMixin):
         self.n_classes = int(outputs.shape[1]) if self.loss_fn.classification else None
         self._fitted = False
         self._hessian = self._train_gradients = None
+        self._eigenvalues = self._eigenvectors = None
+        self._positive_definite: bool | None = None  # Cholesky certificate of the exact curvature
+        self._inverse_memo: tuple[float, InverseOperator] | None = None
         self._train_scores: dict[tuple[int, str], np.ndarray] = {}
         self._derived: dict = {}
         self._backend = None
@@ -278,6 +289,59 @@ class HessianToolbox(GroundTruthMixin):
         self._hessian = value
 
     @property
+    def eigenvalues(self) -> torch.Tensor:
+        """Eigenvalues of the curvature, ascending (``method="lowrank"``: the kept top pairs only).
+
+        For ``method="exact"`` the eigendecomposition is computed on first use (``torch.linalg.eigh`` of
+        :attr:`hessian`) and kept: influence on a positive definite curvature needs only a Cholesky factor
+        (:class:`~hessview.engine.inverse.CholeskyInverse`), so ``fit`` does not wait for the spectrum.
+        """
+        if self._eigenvalues is None:
+            self._eigendecompose()
+        return self._eigenvalues
+
+    @eigenvalues.setter
+    def eigenvalues(self, value: torch.Tensor) -> None:
+        self._eigenvalues = value
+
+    @property
+    def eigenvectors(self) -> torch.Tensor:
+        """Eigenvectors ``(P, k)`` of the curvature, one column per entry of :attr:`eigenvalues`."""
+        if self._eigenvectors is None:
+            self._eigendecompose()
+        return self._eigenvectors
+
+    @eigenvectors.setter
+    def eigenvectors(self, value: torch.Tensor) -> None:
+        self._eigenvectors = value
+
+    def _eigendecompose(self) -> None:
+        if self._hessian is None:
+            raise AttributeError("the eigenpairs are computed by fit(): call fit() first")
+        eigenvalues, eigenvectors = torch.linalg.eigh(self._hessian)
+        # row-major like a loaded cache, so that a saved and reloaded toolbox gives identical numbers
+        self._eigenvalues, self._eigenvectors = eigenvalues, eigenvectors.contiguous()
+
+    @property
+    def lambda_min_(self) -> float:
+        """Smallest eigenvalue of the curvature (low-rank: of the kept pairs)."""
+        return float(self.eigenvalues[0])
+
+    @property
+    def lambda_max_(self) -> float:
+        """Largest eigenvalue of the curvature."""
+        return float(self.eigenvalues[-1])
+
+    @property
+    def _zero(self) -> float:
+        return numerical_zero(self.eigenvalues, self.n_params)
+
+    @property
+    def n_negative_(self) -> int:
+        """Eigenvalues below minus the numerical zero (:func:`~hessview.engine.spectrum.numerical_zero`)."""
+        return int((self.eigenvalues < -self._zero).sum())
+
+    @property
     def train_gradients(self) -> torch.Tensor:
         """Per-sample training gradients ``(n, P)`` (kept by low-rank fits only when they fit in memory)."""
         if self._train_gradients is None:
@@ -311,6 +375,8 @@ class HessianToolbox(GroundTruthMixin):
         self.method_, self.method_reason_ = self._choose_method()
         self._train_scores = {}
         self._derived = {}
+        self._eigenvalues = self._eigenvectors = None
+        self._positive_definite, self._inverse_memo = None, None
         if self.method_ == "exact":
             self._fit_exact()
         else:
@@ -399,10 +465,7 @@ class HessianToolbox(GroundTruthMixin):
         if left_out.any():
             curvature += self._screened_curvature(left_out, data_chunk, row_chunk, curvature)
         hessian = curvature + self.weight_decay * eye
-        self.hessian = hessian
-        eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
-        # row-major like a loaded cache, so that a saved and reloaded toolbox gives identical numbers
-        self.eigenvalues, self.eigenvectors = eigenvalues, eigenvectors.contiguous()
+        self.hessian = hessian  # its eigendecomposition is computed when first needed (see eigenvalues)
         if self.client is None:
             self.train_gradients = per_sample_gradients(self._sample_loss, theta, X, y)
         else:
@@ -460,11 +523,6 @@ class HessianToolbox(GroundTruthMixin):
     # ------------------------------------------------------------------ derived state
     def _spectrum_facts(self) -> None:
         """Spectrum and gradient summaries that do not depend on the damping."""
-        lam = self.eigenvalues
-        self.lambda_min_ = float(lam[0])
-        self.lambda_max_ = float(lam[-1])
-        self._zero = numerical_zero(lam, self.n_params)
-        self.n_negative_ = int((lam < -self._zero).sum())
         if self.keeps_train_gradients:
             self._gradient_mean = self.train_gradients.mean(dim=0)
             self._sample_gradient_norms = self.train_gradients.norm(dim=1)
@@ -479,24 +537,67 @@ class HessianToolbox(GroundTruthMixin):
         return torch.cat([self.eigenvalues, self.eigenvalues.new_tensor([self.weight_decay])])
 
     def _make_inverse(self, delta: float) -> InverseOperator:
+        """``(C + delta I)^-1``; exact: from a Cholesky factor, or the eigenpairs when it breaks down."""
+        if self._inverse_memo is not None and self._inverse_memo[0] == delta:
+            return self._inverse_memo[1]  # the stationarity check and the queries share one inverse
         if self.method_ == "exact":
-            return EigenInverse(self.eigenvalues, self.eigenvectors, delta)
-        return LowRankInverse(self.eigenvalues, self.eigenvectors, delta, self.weight_decay)
+            try:
+                inverse = CholeskyInverse(self.hessian, delta)
+            except ValueError:  # not positive definite in floating point: the eigenpairs decide and say why
+                inverse = EigenInverse(self.eigenvalues, self.eigenvectors, delta)
+        else:
+            inverse = LowRankInverse(self.eigenvalues, self.eigenvectors, delta, self.weight_decay)
+        self._inverse_memo = (delta, inverse)
+        return inverse
+
+    def _certified_positive_definite(self) -> bool:
+        """Whether the exact curvature's ``lambda_min`` exceeds the numerical zero, without eigenpairs.
+
+        :math:`\\lVert C \\rVert_F \\ge \\max|\\lambda|` bounds the numerical zero :math:`z = P \\epsilon
+        \\max|\\lambda|` (:func:`~hessview.engine.spectrum.numerical_zero`) from above by
+        :math:`z_F = P \\epsilon \\lVert C \\rVert_F`. Cholesky is backward stable: the computed factor is
+        exact for a nearby matrix, in practice within a few :math:`\\epsilon \\lVert C \\rVert` (Higham,
+        *Accuracy and Stability of Numerical Algorithms*, 2nd ed., 2002, section 10.1), far below
+        :math:`z_F`; so when the factorisation of :math:`C - 2 z_F I` succeeds, :math:`\\lambda_{min} > z_F
+        \\ge z`: positive definite by the rule of :func:`~hessview.engine.spectrum.choose_damping`.
+        When it breaks down, the eigenvalues decide.
+        """
+        if self.method_ != "exact":
+            return False
+        if self._positive_definite is None:
+            curvature = self.hessian
+            zero = self.n_params * torch.finfo(self.dtype).eps * float(torch.linalg.matrix_norm(curvature))
+            self._positive_definite = cholesky_factor(curvature, -2.0 * zero) is not None
+        return self._positive_definite
+
+    def _choose_damping(self, setting) -> Damping:
+        """:func:`~hessview.engine.spectrum.choose_damping`, without eigenpairs where they are not needed."""
+        if not isinstance(setting, str):
+            return choose_damping(self.theta.new_empty(0), setting)  # a number: the spectrum is not read
+        if self._certified_positive_definite():
+            return Damping(
+                0.0,
+                "the curvature is positive definite (Cholesky factor of C - 2 P eps ||C||_F I exists, so "
+                "lambda_min exceeds the numerical zero): no damping, so influence estimates leave-one-out "
+                "retraining (Koh & Liang 2017)",
+            )
+        return choose_damping(self._spectrum_for_damping(), setting, self.n_params)
 
     def _use_damping(self, setting, *, warn: bool) -> None:
         """Choose ``damping_`` for ``setting`` and build the inverse every query uses; drop derived state."""
-        choice = choose_damping(self._spectrum_for_damping(), setting, self.n_params)
+        choice = self._choose_damping(setting)
         self.damping_, self.damping_reason_ = choice.delta, choice.reason
         self.inverse_ = self._make_inverse(self.damping_)
         self._derived = {}  # every cache that depends on the inverse lives here, so none can go stale
-        lam = self.eigenvalues
-        self.n_damped_ = int((lam.abs() < self.damping_).sum())
-        if warn and setting == "auto" and self.n_damped_ > len(lam) / 2:
+        # no eigenvalue has |lambda| < 0: without damping none is damped, and no eigenpair is needed
+        self.n_damped_ = 0 if self.damping_ == 0 else int((self.eigenvalues.abs() < self.damping_).sum())
+        if warn and setting == "auto" and self.n_damped_ and self.n_damped_ > len(self.eigenvalues) / 2:
             warnings.warn(
                 f"the automatic damping {self.damping_:.3g} exceeds |lambda| along {self.n_damped_} of "
-                f"{len(lam)} eigenvectors: there (C + delta I)^-1 ~ I / delta, so influence mostly measures "
-                "gradient similarity in those directions. Train to a minimum (the curvature is then positive "
-                "definite and no damping is used), or choose the damping by retraining with tune_damping()",
+                f"{len(self.eigenvalues)} eigenvectors: there (C + delta I)^-1 ~ I / delta, so influence "
+                "mostly measures gradient similarity in those directions. Train to a minimum (the "
+                "curvature is then positive definite and no damping is used), or choose the damping by "
+                "retraining with tune_damping()",
                 DampingWarning,
                 stacklevel=3,
             )
@@ -504,11 +605,12 @@ class HessianToolbox(GroundTruthMixin):
         if isinstance(self.inverse_, LowRankInverse):
             self.complement_factor_ = self.inverse_.misrepresentation()
             if warn and self.complement_factor_ > APPROXIMATION_FACTOR:
+                smallest = float(self.eigenvalues.abs().min())
                 warnings.warn(
                     f"the low-rank inverse treats the complement of its {self.rank} kept eigenpairs as "
                     "having "
                     f"curvature weight_decay + damping = {self.weight_decay + self.damping_:.3g}, but it may "
-                    f"reach |lambda_r| + damping = {float(lam.abs().min()) + self.damping_:.3g}: up to "
+                    f"reach |lambda_r| + damping = {smallest + self.damping_:.3g}: up to "
                     f"{self.complement_factor_:.3g}x misrepresented. Use solver='pcg' (exact to tol, "
                     "preconditioned by the kept pairs), a larger rank, or method='exact'",
                     ApproximationWarning,
@@ -527,7 +629,7 @@ class HessianToolbox(GroundTruthMixin):
         Judged with the undamped curvature where it is positive definite, else with the automatic damping
         (:func:`~hessview.engine.spectrum.choose_damping`), whatever damping the queries use.
         """
-        judge = choose_damping(self._spectrum_for_damping(), "auto", self.n_params).delta
+        judge = self._choose_damping("auto").delta
         inverse = self._make_inverse(judge)
         self.newton_step_ = queries.newton_step(inverse, self._objective_gradient)
         norms = self._inverse_gradient_norms(inverse)
@@ -1154,6 +1256,7 @@ class HessianToolbox(GroundTruthMixin):
         # fresh (aligned) copies: BLAS results can depend on the alignment of memory-mapped file data
         tensors = {key: tensor.to(device).clone() for key, tensor in tensors.items()}
         self.eigenvalues, self.eigenvectors = tensors["eigenvalues"], tensors["eigenvectors"]
+        self._positive_definite, self._inverse_memo = None, None
         self._hessian = tensors.get("hessian")
         if "train_gradients" in tensors:
             self._train_gradients = tensors["train_gradients"]

@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
+import pytest
 import scipy.optimize
 import torch
 
+from hessview.engine.errors import ApproximationWarning, DampingWarning, NotStationaryWarning
 from hessview.engine.losses import per_sample_loss
 from hessview.engine.params import FlatModel
+
+# What fit() says about a model that is deliberately not at a minimum (a random initialisation) or
+# deliberately approximated, as (category, regular expression) pairs for expect_warnings.
+NOT_STATIONARY = (NotStationaryWarning, "is not a stationary point of the objective")
+DAMPED = (DampingWarning, r"the automatic damping .* exceeds \|lambda\| along \d+ of \d+ eigenvectors")
+LOW_RANK = (ApproximationWarning, r"the low-rank inverse treats the complement of its \d+ kept eigenpairs")
+
+
+@contextlib.contextmanager
+def expect_warnings(*expected: tuple[type[Warning], str]):
+    """Assert that the block raises every ``(category, match)`` in ``expected``: nested ``pytest.warns``.
+
+    A warning that is not expected escapes each ``pytest.warns`` (pytest re-emits it), so pytest's filter
+    still turns an unexpected hessview warning into an error.
+    """
+    with contextlib.ExitStack() as stack:
+        for category, match in expected:
+            stack.enter_context(pytest.warns(category, match=match))
+        yield
 
 
 def objective(flat: FlatModel, X, y, loss: str, weight_decay: float, weights=None):
@@ -101,8 +123,6 @@ def auroc(positive_scores, negative_scores) -> float:
 def fit_checked(toolbox):
     """``toolbox.fit()``, asserting that ApproximationWarning fires exactly when the low-rank complement
     may be misrepresented by more than a factor 2 (the warning is the subject of tests/test_trust.py)."""
-    from hessview.engine.errors import ApproximationWarning
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ApproximationWarning)
         toolbox.fit()

@@ -130,8 +130,8 @@ class HessianToolbox(GroundTruthMixin):
         >>> X = torch.randn(40, 3, dtype=torch.float64)
         >>> y = (X[:, 0] > 0).long()
         >>> tb = HessianToolbox(nn.Linear(3, 2), X, y, weight_decay=0.1, progress=False)
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore")
+        >>> with warnings.catch_warnings():  # an untrained model: fit() rightly says it is not stationary
+        ...     warnings.simplefilter("ignore", NotStationaryWarning)
         ...     tb = tb.fit()
         >>> tb.hessian.shape, tb.influence(X[:2]).shape
         (torch.Size([8, 8]), (2, 40))

@@ -165,6 +165,7 @@ def _newton(model, params, X, y, weight_decay, max_steps, losses, bar) -> int:
     """
     import warnings
 
+    from hessview.engine.errors import HessviewWarning
     from hessview.engine.toolbox import HessianToolbox
 
     taken = 0
@@ -173,7 +174,8 @@ def _newton(model, params, X, y, weight_decay, max_steps, losses, bar) -> int:
         if start_norm < ROUNDOFF_GRADIENT:
             break
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the toolbox rightly says the start is not yet stationary
+            # this step's toolbox rightly says the start is not yet stationary (only hessview's warnings)
+            warnings.simplefilter("ignore", HessviewWarning)
             toolbox = HessianToolbox(model, X, y, weight_decay=weight_decay, progress=False, screen=False)
             toolbox.fit()
         theta = toolbox.theta

@@ -33,7 +33,8 @@ def test_app_shows_every_landscape_under_hv_landscape(in_cache):
     app = landscape_demo.landscape_app(quick=True)
     assert "hv-landscape" in app._dom_classes
     explorers = [child for child in app.children if isinstance(child, LandscapeExplorer)]
-    assert [e.landscape.network.n_inputs for e in explorers] == [6, 12, 16]
+    assert [e.summary.n_inputs for e in explorers] == [6, 12, 16]
+    assert all(e.landscape is None for e in explorers)  # drawn from the cached summaries
     assert "hv-landscape-synthetic" in explorers[0]._dom_classes
     how_to = next(child for child in app.children if "hv-howto" in child._dom_classes)
     assert how_to.children[0].value.count("<li>") == len(landscape_demo.HOW_TO_READ)
@@ -133,3 +134,55 @@ def test_concurrent_builders_make_one_build(tmp_path, monkeypatch):
     assert not errors, errors
     assert len(builds) == 1
     assert results[0] == results[1] and len(results[0]) > 1
+
+
+def test_a_cached_app_starts_without_torch_or_scipy(in_cache):
+    """``hessview app landscape`` with its caches in place: the command and the kernel compute nothing."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hessview.app import cli\n"
+        "cli.build(['landscape'], quick=True)\n"
+        "from hessview.app.landscape_demo import landscape_app\n"
+        "app = landscape_app(quick=True)\n"
+        "print(len(app.children), sorted(m for m in ('torch', 'scipy') if m in sys.modules))\n"
+    )
+    env = dict(os.environ, HESSVIEW_CACHE_DIR=str(in_cache))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].endswith(" []"), result.stdout
+    assert "precomputing" not in result.stdout  # nothing was computed again
+
+
+def test_a_damaged_or_stale_summary_is_computed_again(cache, tmp_path, monkeypatch):
+    import shutil
+
+    from hessview._io import file_sha256
+
+    shutil.copytree(cache / "landscape" / "synthetic-quick", tmp_path / "landscape" / "synthetic-quick")
+    monkeypatch.setenv("HESSVIEW_CACHE_DIR", str(tmp_path))
+    folder = tmp_path / "landscape" / "synthetic-quick"
+    original = file_sha256(folder / "explorer.json")
+    summary, display = landscape_demo.load_summary("synthetic", quick=True)
+    assert display["feature_names"] == [f"x{i}" for i in range(6)] and display["lattice_shape"] is None
+    text = (folder / "explorer.json").read_text()
+    (folder / "explorer.json").write_text(text.replace('"k":10', '"k":11'))  # valid JSON, wrong bytes
+    again, _ = landscape_demo.load_summary("synthetic", quick=True)
+    assert file_sha256(folder / "explorer.json") == original and again.k == 10  # recomputed, identical
+    (folder / "explorer.json").unlink()
+    landscape_demo.load_summary("synthetic", quick=True)
+    assert file_sha256(folder / "explorer.json") == original
+    # the database changed (explored further): the summary follows it
+    landscape, _ = landscape_demo.load_landscape("synthetic", quick=True, progress=False)
+    landscape.explore(3, progress=False)
+    ids = sorted(m.id for m in landscape.minima)
+    landscape.close()
+    fresh, _ = landscape_demo.load_summary("synthetic", quick=True)
+    assert sorted(fresh.minima) == ids
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["summary"]["sha256"]["landscape.sqlite"] == file_sha256(folder / "landscape.sqlite")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hessview.landscape import Landscape
+from hessview.landscape import Landscape, LandscapeSummary
 from hessview.widgets.landscape_explorer import LandscapeExplorer
 
 
@@ -199,3 +199,61 @@ def test_unconnected_sets_are_listed_not_drawn():
     assert "not drawn" in explorer.unconnected.value
     for m in others:
         assert str(m) in explorer.unconnected.value
+
+
+def test_a_saved_summary_draws_what_the_landscape_says(landscape, test_data, tmp_path):
+    """Every basin precomputed, written to JSON and read back: the explorer needs no landscape."""
+    X, y = test_data
+    path = LandscapeSummary.compute(landscape, X, y, k=5).save(tmp_path / "explorer.json")
+    summary = LandscapeSummary.load(path)
+    assert summary.landscape is None and summary.k == 5
+    explorer = LandscapeExplorer(summary, feature_names=["a", "b"], lattice_shape=(2,))
+    assert explorer.landscape is None and explorer.state.selected == landscape.global_minimum.id
+    graph = landscape.disconnectivity_graph(20)
+    np.testing.assert_array_equal(explorer.branches.x, graph.segments[:, :, 0])  # bit for bit from JSON
+    np.testing.assert_array_equal(explorer.branches.y, graph.segments[:, :, 1])
+    np.testing.assert_array_equal(explorer.minimum_ids, graph.minimum_ids)
+    basins = landscape.basins()
+    for position, minimum in enumerate(explorer.minimum_ids.tolist()):
+        explorer.points.selected = [position]
+        bottom = basins[minimum]
+        members = sorted(m for m, b in basins.items() if b == bottom)
+        np.testing.assert_allclose(explorer.bars.y, landscape.feature_relevance(bottom), rtol=1e-12)
+        np.testing.assert_allclose(
+            explorer.conserved_map.color, landscape.conserved_weights(members).conservation, rtol=1e-12
+        )
+        record = landscape.db.minimum(minimum)
+        assert f"{record.loss:.6g}" in explorer.stats.value
+        assert f"{independent_accuracy(landscape, record.coords, X, y):.3f}" in explorer.stats.value
+        stability = landscape.explanation_stability(X, y, group=bottom, k=5).mean()
+        assert f"{stability:.3f}" in explorer.stats.value
+    explorer.colour_toggle.value = "accuracy"
+    expected = [
+        independent_accuracy(landscape, landscape.db.minimum(int(m)).coords, X, y) for m in graph.minimum_ids
+    ]
+    np.testing.assert_allclose(explorer.points.color, expected)
+
+
+def test_a_summary_brings_its_own_settings_and_a_damaged_one_is_refused(landscape, test_data, tmp_path):
+    import json
+
+    X, y = test_data
+    path = LandscapeSummary.compute(landscape).save(tmp_path / "explorer.json")
+    summary = LandscapeSummary.load(path)
+    assert summary.accuracy is None
+    explorer = LandscapeExplorer(summary)
+    explorer.state.colour_by = "accuracy"  # no test data in this summary: said in the status line
+    assert explorer.state.colour_by == "basin" and "X_test" in explorer.status.value
+    for extra in (dict(X_test=X, y_test=y), dict(levels=5), dict(k=3)):
+        with pytest.raises(ValueError, match="brings its own"):
+            LandscapeExplorer(summary, **extra)
+    data = json.loads(path.read_text())
+    (tmp_path / "other.json").write_text(json.dumps(dict(data, format=99)))
+    with pytest.raises(ValueError, match="not a landscape summary of format"):
+        LandscapeSummary.load(tmp_path / "other.json")
+    (tmp_path / "cut.json").write_text(path.read_text()[:-40])
+    with pytest.raises(ValueError, match="no valid JSON"):
+        LandscapeSummary.load(tmp_path / "cut.json")
+    (tmp_path / "basinless.json").write_text(json.dumps(dict(data, basin_summaries=[])))
+    with pytest.raises(ValueError, match="damaged landscape summary.*basin of drawn minimum"):
+        LandscapeSummary.load(tmp_path / "basinless.json")

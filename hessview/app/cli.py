@@ -120,16 +120,17 @@ def build(names: list[str], *, rebuild: bool = False, retrain: bool = False, qui
     With ``retrain`` every model is trained from scratch instead of loaded from the shipped weights,
     and how closely it reproduces them is printed (:func:`hessview.app.demos.compare_with_shipped`).
     """
-    from hessview.app.demos import compare_with_shipped, load_demo
-    from hessview.models.shipped import shipped_record
-
     for name in names:
         if name == LANDSCAPE:  # nothing to retrain: the landscapes are sampled, not shipped
+            # cached and intact, this reads three small files and imports neither torch nor SciPy
             from hessview.app.landscape_demo import build as build_landscapes
 
             print("hessview: preparing the energy landscapes", flush=True)
             build_landscapes(quick=quick, progress=True, rebuild=rebuild)
             continue
+        from hessview.app.demos import compare_with_shipped, load_demo
+        from hessview.models.shipped import shipped_record
+
         print(f"hessview: {'retraining' if retrain else 'preparing'} the {name!r} demo", flush=True)
         demo = load_demo(name, progress=True, rebuild=rebuild, retrain=retrain)
         if not retrain:

@@ -17,6 +17,12 @@ built once in about a minute with progress bars and kept under ``$HESSVIEW_CACHE
 Each landscape is a SQLite database written under a temporary name and renamed when complete;
 ``meta.json``, written last, records the settings, so a changed setting or an interrupted build
 rebuilds. ``quick=True`` (``hessview app landscape --quick``) builds smaller landscapes in seconds.
+
+What the explorer draws (the disconnectivity graph, every basin's conserved weights, relevance and
+explanation stability, every minimum's test accuracy) is computed once after the build
+(:class:`hessview.landscape.LandscapeSummary`) and kept beside the database as ``explorer.json``;
+``meta.json`` records the SHA-256 of both files, and a summary whose files do not match is computed
+again. A cached app therefore starts without importing torch or SciPy and computes nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hessview._io import atomic_path, cache_dir, file_lock
+from hessview._io import atomic_path, cache_dir, file_lock, file_sha256
 
 LANDSCAPES = ("synthetic", "fermi-hubbard", "ising")
 SETTINGS = {
@@ -148,6 +154,13 @@ def _is_complete(folder: Path, chosen: dict) -> bool:
         return False
 
 
+def _lock(name: str, folder: Path):
+    """One builder of a landscape at a time: a second one waits, then finds the first one's build."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    waiting = f"another process is building the {name!r} landscape; waiting for it"
+    return file_lock(folder.parent / f".{folder.name}.lock", waiting=waiting)
+
+
 def load_landscape(name: str, *, quick: bool = False, progress: bool = True, rebuild: bool = False):
     """Return ``(landscape, data)`` for landscape ``name``, exploring and connecting it on first use."""
     from hessview.landscape import Landscape
@@ -157,13 +170,86 @@ def load_landscape(name: str, *, quick: bool = False, progress: bool = True, reb
     data = landscape_data(name, chosen, progress=progress)
     options = dict(hidden=chosen["hidden"], weight_decay=chosen["weight_decay"], seed=chosen["seed"])
     if rebuild or not _is_complete(folder, chosen):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        waiting = f"another process is building the {name!r} landscape; waiting for it"
-        # one builder at a time: a second one waits, then finds the first one's complete build
-        with file_lock(folder.parent / f".{folder.name}.lock", waiting=waiting):
+        with _lock(name, folder):
             if rebuild or not _is_complete(folder, chosen):
                 _build(name, folder, chosen, data, options, progress)
     return Landscape(data["X"], data["y"], db=folder / "landscape.sqlite", **options), data
+
+
+def _summary_ready(folder: Path, chosen: dict) -> bool:
+    """Whether the folder holds a complete landscape and a summary of it that matches its checksums."""
+    from hessview.landscape.summary import FORMAT
+
+    if not _is_complete(folder, chosen):
+        return False
+    try:
+        recorded = json.loads((folder / "meta.json").read_text()).get("summary") or {}
+        return recorded.get("format") == FORMAT and all(
+            file_sha256(folder / file) == recorded.get("sha256", {}).get(file) for file in SUMMARY_FILES
+        )
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+#: the files whose SHA-256 ``meta.json`` records for the explorer's summary
+SUMMARY_FILES = ("landscape.sqlite", "explorer.json")
+
+
+def prepare(name: str, *, quick: bool = False, progress: bool = True, rebuild: bool = False) -> Path:
+    """Build landscape ``name`` and the explorer's summary of it where missing or stale; its folder.
+
+    When both are cached and match the checksums in ``meta.json``, this reads three small files and
+    imports nothing heavy.
+    """
+    chosen = settings(name, quick)
+    folder = _folder(name, quick)
+    if not rebuild and _summary_ready(folder, chosen):
+        return folder
+    landscape, data = load_landscape(name, quick=quick, progress=progress, rebuild=rebuild)
+    try:
+        with _lock(name, folder):
+            if rebuild or not _summary_ready(folder, chosen):
+                _write_summary(name, folder, landscape, data, progress)
+    finally:
+        landscape.close()
+    return folder
+
+
+def _write_summary(name: str, folder: Path, landscape, data: dict, progress: bool) -> None:
+    """Compute what the explorer draws (every basin) into ``explorer.json``; record checksums in meta.json."""
+    from hessview.landscape.summary import FORMAT, LandscapeSummary
+
+    if progress:
+        print(f"hessview: precomputing the explorer's view of the {name!r} landscape", flush=True)
+    LandscapeSummary.compute(landscape, data["X_test"], data["y_test"]).save(folder / "explorer.json")
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["summary"] = {
+        "format": FORMAT,
+        "sha256": {file: file_sha256(folder / file) for file in SUMMARY_FILES},
+    }
+    meta["display"] = {
+        "feature_names": list(data["feature_names"]),
+        "lattice_shape": None if data["lattice_shape"] is None else list(data["lattice_shape"]),
+    }
+    with atomic_path(folder / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=1))
+
+
+def load_summary(name: str, *, quick: bool = False, progress: bool = False):
+    """Return ``(summary, display)`` of landscape ``name``: its LandscapeSummary and feature names/lattice.
+
+    Built first where missing or stale (:func:`prepare`).
+    """
+    from hessview.landscape.summary import LandscapeSummary
+
+    folder = prepare(name, quick=quick, progress=progress)
+    display = json.loads((folder / "meta.json").read_text())["display"]
+    shape = display["lattice_shape"]
+    display = {
+        "feature_names": display["feature_names"],
+        "lattice_shape": None if shape is None else tuple(shape),
+    }
+    return LandscapeSummary.load(folder / "explorer.json"), display
 
 
 def _build(name: str, folder: Path, chosen: dict, data: dict, options: dict, progress: bool) -> None:
@@ -191,9 +277,9 @@ def _build(name: str, folder: Path, chosen: dict, data: dict, options: dict, pro
 
 
 def build(*, quick: bool = False, progress: bool = True, rebuild: bool = False) -> None:
-    """Build (or find cached) every landscape of the app."""
+    """Build (or find cached) every landscape of the app and the explorer's summary of it."""
     for name in LANDSCAPES:
-        load_landscape(name, quick=quick, progress=progress, rebuild=rebuild)[0].close()
+        prepare(name, quick=quick, progress=progress, rebuild=rebuild)
 
 
 HOW_TO_READ = [
@@ -246,15 +332,8 @@ def landscape_app(*, quick: bool | None = None, progress: bool = False):
     how_to.add_class("hv-howto")
     children = [intro, how_to]
     for name in LANDSCAPES:
-        landscape, data = load_landscape(name, quick=quick, progress=progress)
-        explorer = LandscapeExplorer(
-            landscape,
-            X_test=data["X_test"],
-            y_test=data["y_test"],
-            feature_names=data["feature_names"],
-            lattice_shape=data["lattice_shape"],
-            title=TITLES[name],
-        )
+        summary, display = load_summary(name, quick=quick, progress=progress)  # computes nothing if cached
+        explorer = LandscapeExplorer(summary, **display, title=TITLES[name])
         explorer.add_class(f"hv-landscape-{name}")
         children.append(explorer)
         if name != LANDSCAPES[-1]:

@@ -4,7 +4,9 @@ One :class:`LandscapeState` holds the selection and display choices; the views o
 talk to each other (bqplot's pattern). Selecting a minimum (or a basin from the list) shows the
 feature relevance of its monotonic sequence basin (bars, or a lattice heat map for physics inputs),
 the basin's conserved-weight matrix and the basin's statistics. Everything drawn is computed from the
-landscape when the widget is built or on first selection of a basin (then cached), never re-sampled.
+landscape when the widget is built or on first selection of a basin (then cached), never re-sampled;
+given a :class:`~hessview.landscape.LandscapeSummary` instead (every basin precomputed, for example
+read from a file), the widget computes nothing and needs neither torch nor SciPy.
 Only the connected set holding the global minimum is drawn; the other sets are listed under the graph.
 Every string that reaches an HTML widget (title, status line, feature names, exception text) is escaped
 with :func:`html.escape`.
@@ -14,14 +16,18 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import bqplot as bq
 import ipywidgets as widgets
 import numpy as np
 from traitlets import Enum, HasTraits, Int, TraitError, Unicode, validate
 
-from hessview.landscape import ConservedWeights, Landscape
+from hessview.landscape.summary import BasinSummary, LandscapeSummary
 from hessview.widgets.plots import figure
+
+if TYPE_CHECKING:
+    from hessview.landscape import Landscape
 
 BASIN_COLOURS = [
     "#1f77b4",
@@ -74,7 +80,9 @@ class LandscapeExplorer(widgets.VBox):
     """Interactive disconnectivity graph of a :class:`~hessview.landscape.Landscape`.
 
     Args:
-        landscape: an explored (and preferably connected) landscape.
+        landscape: an explored (and preferably connected) landscape, or a
+            :class:`~hessview.landscape.LandscapeSummary` of one (its test data, ``levels``,
+            ``temperature`` and ``k`` are then the summary's, and those arguments must be left out).
         X_test, y_test: optional held-out data; enables colouring minima by test accuracy.
         feature_names: names of the input features (default ``x0, x1, ...``).
         lattice_shape: shape to fold the features into for a lattice view (physics inputs):
@@ -88,23 +96,36 @@ class LandscapeExplorer(widgets.VBox):
 
     def __init__(
         self,
-        landscape: Landscape,
+        landscape: Landscape | LandscapeSummary,
         *,
         X_test=None,
         y_test=None,
         feature_names=None,
         lattice_shape: tuple[int, ...] | None = None,
-        levels: int = 20,
-        temperature: float = 0.01,
+        levels: int | None = None,
+        temperature: float | None = None,
         title: str | None = None,
-        k: int = 10,
+        k: int | None = None,
     ):
-        if not isinstance(landscape, Landscape):
-            raise TypeError(f"landscape must be a hessview Landscape, got {type(landscape).__name__}")
-        minima = landscape.minima
-        if not minima:
-            raise ValueError("the landscape holds no minima: call landscape.explore() first")
-        n_inputs = landscape.network.n_inputs
+        if isinstance(landscape, LandscapeSummary):
+            given = [name for name, v in (("X_test", X_test), ("y_test", y_test), ("levels", levels),
+                     ("temperature", temperature), ("k", k)) if v is not None]  # fmt: skip
+            if given:
+                raise ValueError(f"{', '.join(given)}: a LandscapeSummary brings its own; leave them out")
+            summary = landscape
+        else:
+            from hessview.landscape.landscape import Landscape
+
+            if not isinstance(landscape, Landscape):
+                kind = type(landscape).__name__
+                raise TypeError(f"landscape must be a hessview Landscape or LandscapeSummary, got {kind}")
+            if not landscape.minima:
+                raise ValueError("the landscape holds no minima: call landscape.explore() first")
+            summary = None
+        levels = 20 if levels is None else levels
+        temperature = 0.01 if temperature is None else temperature
+        k = 10 if k is None else k
+        n_inputs = summary.n_inputs if summary is not None else landscape.network.n_inputs
         if feature_names is None:
             feature_names = [f"x{i}" for i in range(n_inputs)]
         feature_names = [str(name) for name in feature_names]
@@ -123,26 +144,29 @@ class LandscapeExplorer(widgets.VBox):
 
         if title is not None and not isinstance(title, str):
             raise TypeError(f"title must be a string or None, got {type(title).__name__}")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(landscape.y):
-            raise ValueError(f"k must be an integer in [1, {len(landscape.y)}], got {k!r}")
+        n_train = summary.n_train if summary is not None else len(landscape.y)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_train:
+            raise ValueError(f"k must be an integer in [1, {n_train}], got {k!r}")
+        if summary is None:  # the per-basin numbers are computed on first selection
+            summary = LandscapeSummary.compute(
+                landscape, X_test, y_test, levels=levels, temperature=temperature, k=k, every_basin=False
+            )
 
-        self.landscape = landscape
-        self.k = k
-        self.X_test = X_test
-        self.y_test = y_test
+        self.summary = summary
+        self.landscape = summary.landscape  # None for a summary read from a file
+        self.k = summary.k
+        self.X_test = summary.X_test
+        self.y_test = summary.y_test
         self.feature_names = feature_names
         self.lattice_shape = tuple(lattice_shape) if lattice_shape is not None else None
-        self.graph = landscape.disconnectivity_graph(levels)
+        self.graph = summary.graph
         self.minimum_ids = self.graph.minimum_ids
-        self.records = {m.id: m for m in minima}
-        self.basins = landscape.basins()
-        self.occupation = landscape.occupation_probabilities(temperature)
-        self.temperature = float(temperature)
-        self.accuracy = None
-        if X_test is not None:
-            self.accuracy = {m.id: landscape.accuracy(X_test, y_test, m) for m in minima}
-        self._cache: dict[int, tuple[ConservedWeights, np.ndarray]] = {}
-        self._stability: dict[int, np.ndarray] = {}
+        self.records = summary.minima
+        self.basins = summary.basins
+        self.occupation = summary.occupation
+        self.temperature = summary.temperature
+        self.accuracy = summary.accuracy
+        self._cache: dict[int, BasinSummary] = {}
         self.state = LandscapeState(self.minimum_ids.tolist())
 
         self._build_graph()
@@ -169,7 +193,7 @@ class LandscapeExplorer(widgets.VBox):
         self.state.observe(self._colour_changed, "colour_by")
         self.state.observe(self._relevance_view_changed, "relevance_view")
         self.state.observe(self._status_changed, "status")
-        self.state.selected = int(landscape.global_minimum.id)
+        self.state.selected = summary.global_minimum
 
     # ----------------------------------------------------------------------------- building
     def _build_graph(self) -> None:
@@ -259,7 +283,7 @@ class LandscapeExplorer(widgets.VBox):
         return grid, _figure([grid], [], "Relevance on the lattice", "220px")
 
     def _build_conserved(self) -> None:
-        h = self.landscape.network.hidden
+        h = self.summary.hidden
         rows, columns = bq.OrdinalScale(), bq.OrdinalScale()
         self.conserved_map = bq.GridHeatMap(
             color=np.zeros((h, len(self.feature_names))),
@@ -310,13 +334,15 @@ class LandscapeExplorer(widgets.VBox):
         rank = {b: k for k, b in enumerate(bottoms)}
         return np.array([rank[self.basins[int(m)]] for m in self.minimum_ids])
 
-    def basin_analysis(self, minimum_id: int) -> tuple[ConservedWeights, np.ndarray]:
-        """Conserved weights and feature relevance of the basin containing ``minimum_id`` (cached)."""
+    def basin_analysis(self, minimum_id: int) -> tuple[BasinSummary, np.ndarray]:
+        """The basin containing ``minimum_id`` (its minima, conserved weights, ...) and its feature relevance.
+
+        Cached per basin; read from the summary when it holds the basin, else computed from the landscape.
+        """
         bottom = self.basins[int(minimum_id)]
         if bottom not in self._cache:
-            conserved = self.landscape.conserved_weights(bottom)
-            self._cache[bottom] = (conserved, conserved.feature_relevance())
-        return self._cache[bottom]
+            self._cache[bottom] = self.summary.basin(bottom)
+        return self._cache[bottom], self._cache[bottom].relevance
 
     # ----------------------------------------------------------------------------- observers
     def _points_selected(self, change) -> None:
@@ -361,14 +387,9 @@ class LandscapeExplorer(widgets.VBox):
 
         Cached per basin; ``None`` without test data.
         """
-        if self.X_test is None:
+        if self.accuracy is None:
             return None
-        bottom = self.basins[int(minimum_id)]
-        if bottom not in self._stability:
-            self._stability[bottom] = self.landscape.explanation_stability(
-                self.X_test, self.y_test, group=bottom, k=self.k
-            )
-        return self._stability[bottom]
+        return self.basin_analysis(minimum_id)[0].stability
 
     def _unconnected_html(self) -> str:
         others = self.graph.unconnected
@@ -384,13 +405,13 @@ class LandscapeExplorer(widgets.VBox):
             f"global minimum (run connect()):<ul>{items}</ul></small>"
         )
 
-    def _stats_html(self, minimum_id: int, conserved: ConservedWeights) -> str:
+    def _stats_html(self, minimum_id: int, conserved: BasinSummary) -> str:
         record = self.records[minimum_id]
         members = conserved.minimum_ids
         rows = [
             ("minimum", f"{minimum_id}"),
             ("loss", f"{record.loss:.6g}"),
-            ("lowest Hessian eigenvalue", f"{record.eigenvalues[0]:.3g}"),
+            ("lowest Hessian eigenvalue", f"{record.lowest_eigenvalue:.3g}"),
             ("times found", f"{record.hits}"),
             ("basin bottom (lowest-energy rule)", f"{self.basins[minimum_id]}"),
             ("minima in basin", f"{len(members)}"),

@@ -87,11 +87,18 @@ class LandscapeExplorer(widgets.VBox):
         feature_names: names of the input features (default ``x0, x1, ...``).
         lattice_shape: shape to fold the features into for a lattice view (physics inputs):
             ``(12,)`` draws a 12-site chain as a ring of sites, ``(4, 4)`` a heat map of a square lattice.
-        levels: number of energy levels of the disconnectivity graph.
-        temperature: temperature of the harmonic-superposition occupation probabilities shown.
+        levels: number of energy levels of the disconnectivity graph (default 20).
+        temperature: temperature of the harmonic-superposition occupation probabilities shown
+            (default 0.01).
         title: heading text (shown as text: HTML in it is escaped).
         k: with ``X_test``, the number of top influential training points compared by the basin's
-            explanation stability (:meth:`~hessview.landscape.Landscape.explanation_stability`).
+            explanation stability (:meth:`~hessview.landscape.Landscape.explanation_stability`;
+            default 10).
+
+    Example (what ``hessview app landscape`` does: every basin computed once, read back without torch)::
+
+        LandscapeSummary.compute(landscape, X_test, y_test).save("explorer.json")
+        LandscapeExplorer(LandscapeSummary.load("explorer.json"), feature_names=names)
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Retrain the demos from scratch and compare with the weights shipped in the package (or ship new ones).
 
-Run:  .venv/bin/python benchmarks/bench_retrain_demos.py [NAME ...] [--ship] [--threads N]
+Run:  .venv/bin/python benchmarks/bench_retrain_demos.py [NAME ...] [--ship | --tune] [--threads N]
 
 For every demo (default: all) and in a fresh temporary cache (the data sets are generated once and
 shared between the two builds), side by side:
@@ -13,7 +13,10 @@ then :func:`hessview.app.demos.compare_with_shipped` says how closely the retrai
 shipped one.  Results go to ``benchmarks/results/retrain.md``.  With ``--ship`` the retrained weights
 replace the shipped ones (``hessview/models/data/<name>.safetensors`` and its record in
 ``demo-weights.json``: settings, seed, commit, versions, final gradient norm, stationarity, spectrum,
-accuracies, the command); this is how the shipped weights were made.  The retraining is not part of the
+accuracies, the command); this is how the shipped weights were made.  Every retraining build also
+tunes the damping (``HessianToolbox.tune_damping`` with :func:`hessview.app.demos.tuning_arguments`)
+and the record keeps it, so that building from the shipped weights retrains nothing; ``--tune`` keeps
+the shipped weights and tunes their damping again.  The retraining is not part of the
 test suite: it takes minutes per demo.
 """
 
@@ -76,6 +79,7 @@ def record_of(demo, settings: dict, seconds: float, threads: int, commit: str) -
         "n_train": tb.n_train,
         "n_params": tb.n_params,
         "training_seconds_with_hessian": round(seconds, 1),
+        "tuned_damping": demo.report.get("tuned_damping"),
     }
 
 
@@ -86,6 +90,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("names", nargs="*", default=list(demos.DEMO_SETTINGS))
     parser.add_argument("--ship", action="store_true", help="write the retrained weights into the package")
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="keep the shipped weights and only tune their damping again (written into the record)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -93,6 +102,9 @@ def main() -> None:
     os.environ["HESSVIEW_CACHE_DIR"] = tempfile.mkdtemp(prefix="hessview-retrain-")
     rows = []
     for name in args.names:
+        if args.tune:
+            tune_shipped(name, commit)
+            continue
         settings = demos.DEMO_SETTINGS[name]
         shipped_seconds = None
         if not args.ship:
@@ -113,6 +125,31 @@ def main() -> None:
         print(f"{name}: {shipped_seconds:.1f} s shipped, {retrain_seconds:.1f} s retrained", comparison)
     if rows:
         write_results(rows, args.threads)
+
+
+def tune_shipped(name: str, commit: str) -> None:
+    """Tune the damping of the shipped weights of demo ``name`` again and store it in their record."""
+    from hessview.app import demos
+    from hessview.models.shipped import ship_weights, shipped_record
+
+    record = shipped_record(name)
+    if record is None or record["settings"] != demos.DEMO_SETTINGS[name]:
+        raise SystemExit(f"{name}: no shipped weights with the current settings; ship them first (--ship)")
+    demo = demos.load_demo(name, progress=False, rebuild=True)
+    arguments = demos.tuning_arguments(demo.toolbox.n_train)
+    start = time.perf_counter()
+    demo.toolbox.tune_damping(**arguments, max_seconds=3600.0)
+    seconds = time.perf_counter() - start
+    tuned = demos.tuned_damping_record(demo.toolbox, arguments)
+    record = {
+        **record,
+        "tuned_damping": {**tuned, "commit": commit, "seconds": round(seconds, 1)},
+        "damping": tuned["damping"],
+    }
+    record.pop("sha256")
+    ship_weights(name, demo.model, record)
+    print(f"{name}: tuned damping {tuned['damping']:.3g}, hold-out LDS {tuned['tuned_lds']:.3f}", flush=True)
+    print(tuned["reason"], flush=True)
 
 
 def write_results(rows, threads: int) -> None:

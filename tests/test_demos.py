@@ -150,3 +150,55 @@ def test_shipped_weights_are_used_when_their_settings_match_and_retrain_reproduc
     path.write_bytes(path.read_bytes()[:-1] + b" ")  # a damaged file is refused, not silently used
     with pytest.raises(ValueError, match="SHA-256"):
         demos.load_demo("ising", progress=False, rebuild=True)
+
+
+def test_demo_damping_is_tuned_with_the_weights_and_shipped_so_builds_retrain_nothing(small, monkeypatch):
+    from hessview.models import shipped
+
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", small / "shipped")
+    made = demos.load_demo("ising", progress=False, retrain=True)  # trains, then tunes the damping
+    tb = made.toolbox
+    tuned = made.report["tuned_damping"]
+    assert tuned["arguments"] == demos.tuning_arguments(tb.n_train)
+    assert tuned["arguments"]["alpha"] == pytest.approx(1 - demos.RETRAIN_K / tb.n_train, abs=1e-12)
+    assert (
+        tb.damping_ == tuned["damping"] == max(tb.damping_scores_, key=lambda d: (tb.damping_scores_[d], d))
+    )
+    shipped.ship_weights(
+        "ising", made.model, {"settings": demos.DEMO_SETTINGS["ising"], "tuned_damping": tuned}
+    )
+
+    def fail(*args, **kwargs):
+        raise AssertionError("retrained although the damping is shipped")
+
+    forbid_training(monkeypatch)
+    monkeypatch.setattr(HessianToolbox, "tune_damping", fail)
+    monkeypatch.setattr(HessianToolbox, "retrain", fail)
+    built = demos.load_demo("ising", progress=False, rebuild=True)
+    assert built.report["weights"] == "shipped"
+    assert built.toolbox.damping_ == tuned["damping"] and built.toolbox.tuned_lds_ == tuned["tuned_lds"]
+    assert "shipped with them" in built.toolbox.damping_reason_
+    X = torch.as_tensor(built.X_test[:3])
+    np.testing.assert_allclose(  # the same influence as the toolbox that was tuned
+        built.toolbox.influence(X, measurement="margin"), tb.influence(X, measurement="margin"), rtol=1e-8
+    )
+
+    other = {**tuned, "damping": tuned["scores"][-1][0]}  # another shipped damping: the cache is stale
+    shipped.ship_weights(
+        "ising", made.model, {"settings": demos.DEMO_SETTINGS["ising"], "tuned_damping": other}
+    )
+    again = demos.load_demo("ising", progress=False)
+    assert again.toolbox.damping_ == other["damping"] != built.toolbox.damping_
+
+
+def test_every_shipped_demo_ships_the_damping_its_record_scores_best():
+    from hessview.models.shipped import shipped_records
+    from hessview.widgets.state import ExplorerState
+
+    assert demos.RETRAIN_K == ExplorerState(3).k  # the question the tuning answers is the explorer's
+    for name, record in shipped_records().items():
+        tuned = record["tuned_damping"]
+        assert tuned["arguments"] == demos.tuning_arguments(record["n_train"]), name
+        scores = dict(map(tuple, tuned["scores"]))
+        assert scores[tuned["damping"]] == max(scores.values()) == tuned["tuned_lds"], name
+        assert record["damping"] == tuned["damping"], name

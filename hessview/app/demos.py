@@ -81,6 +81,49 @@ DEMO_SETTINGS = {
     },
 }
 
+#: ``k`` of the explorer's "retrain without the top k" action (``ExplorerState.k``'s default).
+RETRAIN_K = 5
+
+#: How each demo's damping is tuned (:meth:`HessianToolbox.tune_damping`), once, offline, with the
+#: weights: the hold-out LDS of the margin the explorer shows, for removals of ``RETRAIN_K`` points
+#: (``alpha = 1 - RETRAIN_K / n_train``, the explorer's question).  The result is shipped with the
+#: weights (``demo-weights.json``), so that building a demo cache retrains nothing.
+TUNING = {"n_subsets": 32, "holdout": 0.2, "seed": 0, "measurement": "margin"}
+
+
+def tuning_arguments(n_train: int) -> dict:
+    """The arguments of ``tune_damping`` for a demo with ``n_train`` training points (see :data:`TUNING`)."""
+    return {"alpha": round(1.0 - RETRAIN_K / n_train, 12), **TUNING}
+
+
+def tuned_damping_record(toolbox: HessianToolbox, arguments: dict) -> dict:
+    """What ``tune_damping`` chose for ``toolbox``, as stored with the shipped weights."""
+    return {
+        "arguments": arguments,
+        "damping": float(toolbox.damping_),
+        "tuned_lds": float(toolbox.tuned_lds_),
+        "scores": [[float(d), float(s)] for d, s in toolbox.damping_scores_.items()],
+        "reason": toolbox.damping_reason_,
+    }
+
+
+def apply_tuned_damping(toolbox: HessianToolbox, record: dict) -> HessianToolbox:
+    """Set ``toolbox``'s damping to a shipped tuned one (see :data:`TUNING`), with its scores and reason.
+
+    No retraining: the damping was chosen by ``tune_damping`` when the weights were made, on the same
+    weights and data (the record's ``arguments`` must equal :func:`tuning_arguments` of this toolbox).
+    """
+    arguments = tuning_arguments(toolbox.n_train)
+    if record.get("arguments") != arguments:
+        raise ValueError(
+            f"the shipped tuned damping was made with {record.get('arguments')}, not {arguments}"
+        )
+    toolbox.set_damping(float(record["damping"]))
+    toolbox.damping_scores_ = {float(d): float(s) for d, s in record["scores"]}
+    toolbox.tuned_lds_ = float(record["tuned_lds"])
+    toolbox.damping_reason_ = f"{record['reason']} (tuned when the weights were made; shipped with them)"
+    return toolbox
+
 
 logger = logging.getLogger("hessview.cache")
 
@@ -259,7 +302,18 @@ def _verify(folder: Path, name: str, settings: dict) -> dict:
         raise CacheError(meta_path, f"lacks the fields {lacking}", remedy)
     if meta["settings"] != settings:
         raise CacheError(folder, "was built with other settings", remedy, kind="stale")
+    built = meta["report"].get("shipped") if isinstance(meta["report"], dict) else None
+    if built is not None and built != _shipped_summary(name, settings):
+        raise CacheError(folder, "was built with other shipped weights or damping", remedy, kind="stale")
     return meta
+
+
+def _shipped_summary(name: str, settings: dict) -> dict | None:
+    """Which shipped weights and tuned damping a build with ``settings`` uses (None: none shipped)."""
+    record = shipped_record(name)
+    if record is None or record["settings"] != settings:
+        return None
+    return {"sha256": record["sha256"], "tuned_damping": (record.get("tuned_damping") or {}).get("damping")}
 
 
 def _new_model(name: str, settings: dict) -> nn.Module:
@@ -389,6 +443,7 @@ def _fit(name, X, y, settings, progress, retrain):
         model.load_state_dict(load_shipped_weights(name))
         model.eval()
         weights = "shipped"
+        shipped = _shipped_summary(name, settings)
     else:
         if progress and not retrain:
             print(f"hessview: no shipped weights for the {name!r} demo with these settings; training it")
@@ -405,6 +460,12 @@ def _fit(name, X, y, settings, progress, retrain):
         )
         weights = "retrained" if retrain else "trained"
     toolbox = HessianToolbox(model, X, y, weight_decay=settings["weight_decay"], progress=progress).fit()
+    arguments = tuning_arguments(toolbox.n_train)
+    tuned = record.get("tuned_damping") if weights == "shipped" else None
+    if tuned is not None and tuned.get("arguments") == arguments:
+        apply_tuned_damping(toolbox, tuned)
+    elif retrain:  # weights made again (``hessview build --retrain``): tune their damping too (minutes)
+        toolbox.tune_damping(**arguments, max_seconds=3600.0)
     with torch.no_grad():
         outputs = toolbox.flat(toolbox.theta, toolbox.X_train)
     report = {
@@ -416,7 +477,13 @@ def _fit(name, X, y, settings, progress, retrain):
         "train_accuracy": float((outputs.argmax(1) == toolbox.y_train).double().mean()),
         "lambda_min": toolbox.lambda_min_,
         "lambda_max": toolbox.lambda_max_,
+        "damping": toolbox.damping_,
+        "damping_reason": toolbox.damping_reason_,
     }
+    if weights == "shipped":
+        report["shipped"] = shipped
+    if getattr(toolbox, "tuned_lds_", None) is not None:
+        report["tuned_damping"] = tuned_damping_record(toolbox, arguments)
     return model, toolbox, report
 
 
@@ -505,8 +572,9 @@ def compare_with_shipped(demo: Demo, *, k: int = 10, progress: bool = False) -> 
     equal predicted labels, the mean and smallest top-``k`` overlap of the most helpful and most harmful
     training points (influence on the test loss, :func:`_top_k_overlap`; near-ties among tiny values can
     swap places), the largest influence difference relative to the largest shipped |influence|, and the
-    relative distance of the parameter vectors.  Bitwise equality is not expected across machines or
-    thread counts.
+    relative distance of the parameter vectors (influence of both at ``demo``'s damping), and the damping
+    of ``demo`` beside the shipped one (tuned with the weights).  Bitwise equality is not expected across
+    machines or thread counts.
 
     Raises:
         ValueError: no weights are shipped for ``demo.name`` with its current settings.
@@ -521,6 +589,8 @@ def compare_with_shipped(demo: Demo, *, k: int = 10, progress: bool = False) -> 
     other = HessianToolbox(
         shipped.eval(), tb.X_train, tb.y_train, weight_decay=tb.weight_decay, progress=progress
     ).fit()
+    shipped_damping = (record.get("tuned_damping") or {}).get("damping", other.damping_)
+    other.set_damping(tb.damping_)  # the weights compared at one damping; the dampings are reported apart
     p_new, p_old = tb.predict(demo.X_test), other.predict(demo.X_test)
     influence = [t.influence(demo.X_test, demo.y_test) for t in (tb, other)]
     overlap = _top_k_overlap(*influence, k)
@@ -533,4 +603,6 @@ def compare_with_shipped(demo: Demo, *, k: int = 10, progress: bool = False) -> 
             np.abs(influence[0] - influence[1]).max() / np.abs(influence[1]).max()
         ),
         "parameter_relative_distance": float((tb.theta - other.theta).norm() / other.theta.norm()),
+        "damping": float(tb.damping_),
+        "shipped_damping": float(shipped_damping),
     }

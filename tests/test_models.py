@@ -93,6 +93,27 @@ def test_training_reaches_a_stationary_point():
     assert all(p.dtype == torch.float64 for p in result.model.parameters())
 
 
+def test_a_warm_up_weight_decay_changes_only_the_warm_up_and_the_end_is_the_target_objectives_minimum():
+    X, y = blobs()
+    kw = dict(weight_decay=1e-1, epochs=100, lbfgs_steps=500, newton_steps=10, seed=0, progress=False)
+    result = train(small_net(), X, y, adam_weight_decay=1e-3, **kw)
+    # stationary for the objective with weight_decay (plain-torch gradient), not the warm-up's
+    assert independent_gradient(result.model, X, y, 1e-1) < 1e-12
+    assert independent_gradient(result.model, X, y, 1e-3) > 1e-3
+    # the warm-up minimised the weaker objective: its first recorded loss is the initial model's
+    torch.manual_seed(0)
+    start = small_net()
+    start.float()
+    with torch.no_grad():
+        Xf = torch.as_tensor(X, dtype=torch.float32)
+        first = nn.functional.cross_entropy(start(Xf), torch.as_tensor(y))
+        first = first + 1e-3 / 2 * sum((p**2).sum() for p in start.parameters())
+    assert result.losses[0] == pytest.approx(float(first), rel=1e-6)
+    same = train(small_net(), X, y, adam_weight_decay=1e-1, **kw)  # = the default: weight_decay throughout
+    default = train(small_net(), X, y, **kw)
+    np.testing.assert_array_equal(same.losses, default.losses)
+
+
 def test_training_is_deterministic_and_seeded():
     X, y = blobs()
     kw = dict(weight_decay=1e-2, epochs=50, lbfgs_steps=20, progress=False)
@@ -120,6 +141,8 @@ def test_sample_gradient_norms_equal_a_loop_of_autograd():
     [
         ({"weight_decay": -1.0}, ValueError, "weight_decay"),
         ({"epochs": -1}, ValueError, "epochs"),
+        ({"adam_weight_decay": -1e-3}, ValueError, "adam_weight_decay"),
+        ({"adam_weight_decay": float("nan")}, ValueError, "adam_weight_decay"),
     ],
 )
 def test_training_bad_arguments(kwargs, error, message):

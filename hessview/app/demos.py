@@ -455,6 +455,7 @@ def _fit(name, X, y, settings, progress, retrain):
             epochs=settings["epochs"],
             lbfgs_steps=settings["lbfgs_steps"],
             newton_steps=settings.get("newton_steps", 0),
+            adam_weight_decay=settings.get("adam_weight_decay"),
             seed=settings["seed"],
             progress=progress,
         )

@@ -209,6 +209,7 @@ def train(
     learning_rate: float = 1e-2,
     lbfgs_steps: int = 2000,
     newton_steps: int = 0,
+    adam_weight_decay: float | None = None,
     gradient_tolerance: float = 1e-8,
     seed: int = 0,
     adam_dtype: torch.dtype = torch.float32,
@@ -234,6 +235,10 @@ def train(
         lbfgs_steps: the most L-BFGS iterations.
         newton_steps: the most Newton steps after L-BFGS (Levenberg-Marquardt steps where the Hessian is
             not positive definite; they stop at float64 roundoff or when no step makes progress).
+        adam_weight_decay: ``w`` during the Adam warm-up only (default: ``weight_decay``).  A smaller
+            value is a continuation: the warm-up finds a classifier first, and L-BFGS and Newton then
+            converge to a minimum of the objective with ``weight_decay``, instead of the constant
+            classifier that a strong weight decay makes attractive from a small initialisation.
         gradient_tolerance: stop L-BFGS once the gradient norm is below this.
         seed: seed of the parameter initialisation.
         adam_dtype: precision of the Adam warm-up (the polish is always float64).
@@ -243,6 +248,10 @@ def train(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not np.isfinite(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
+    if adam_weight_decay is None:
+        adam_weight_decay = weight_decay
+    if not np.isfinite(adam_weight_decay) or adam_weight_decay < 0:
+        raise ValueError(f"adam_weight_decay must be finite and >= 0, got {adam_weight_decay}")
     if epochs < 0 or lbfgs_steps < 0 or newton_steps < 0:
         raise ValueError("epochs, lbfgs_steps and newton_steps must be >= 0")
     X, y = _as_tensors(X, y)
@@ -258,7 +267,7 @@ def train(
     X_adam = X.to(adam_dtype)
     for _ in range(epochs):
         adam.zero_grad()
-        loss = _objective(model, X_adam, y, weight_decay)
+        loss = _objective(model, X_adam, y, adam_weight_decay)
         loss.backward()
         adam.step()
         losses.append(float(loss.detach()))

@@ -10,7 +10,7 @@ where the load was high the sections say so and quote CPU seconds or ratios meas
 run. Regenerate this file with `python benchmarks/make_results.py`.
 """
 
-ORDER = ["engine", "explorer", "datasets", "landscape", "scale"]
+ORDER = ["engine", "explorer", "datasets", "landscape", "scale", "ground_truth", "ground_truth_profile"]
 
 
 def main() -> None:

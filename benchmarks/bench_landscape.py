@@ -31,6 +31,13 @@ are first-order saddles (exactly one negative eigenvalue of the exact Hessian) w
       .venv/bin/python benchmarks/bench_landscape.py --connect --steps 15 --cycles 3 \
           --topsearch /tmp/topsearch-pkgs
       .venv/bin/python benchmarks/bench_landscape.py --connect --large --steps 80   # hessview only
+
+``--hvp`` times one transition-state search (eigenvector-following from the highest image of one DNEB band
+between two basin-hopping minima) with the dense Hessian path and with the Hessian-vector-product path
+(``hessian="dense"`` / ``"hvp"``) on the same start, side by side, for networks 20-h-2 on 20 points
+(``--sizes``: the hidden widths), and checks that both end on the same saddle:
+
+      .venv/bin/python benchmarks/bench_landscape.py --hvp --sizes 6 20 44 87 130 --searches 3 --steps 12
 """
 
 from __future__ import annotations
@@ -348,6 +355,67 @@ def _connect_benchmark(args) -> None:
         print(f"\nwall-time ratio topsearch : hessview = {rows[1][1] / rows[0][1]:.1f}")
 
 
+def hvp_benchmark(args) -> None:
+    """Time per transition-state search, dense Hessian vs Hessian-vector products, at several sizes."""
+    from hessview.landscape.network import RegularisedLoss
+    from hessview.landscape.transition_states import band_maxima, dneb, eigenvector_following
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20, 20))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    rows = []
+    for hidden in args.sizes:
+        land = Landscape(X, y, hidden=hidden, weight_decay=1e-2, seed=1, hessian="hvp")
+        land.explore(n_steps=args.steps, progress=False)
+        minima = sorted(land.minima, key=lambda m: m.loss)
+        losses = {
+            mode: RegularisedLoss(land.network, land.X, land.y, 1e-2, mode) for mode in ("dense", "hvp")
+        }
+        times = {"dense": [], "hvp": []}
+        agree, searches = 0, 0
+        for first, second in list(zip(minima, minima[1:], strict=False))[: args.searches]:
+            end, _ = align(land.network, first.coords, second.coords)
+            with single_thread():
+                images, energies = dneb(land.loss, first.coords, end, n_images=10)
+            k = (band_maxima(energies) or [1 + int(np.argmax(energies[1:-1]))])[0]
+            found = {}
+            if not rows and searches == 0:  # untimed warm-up: first-call costs of torch and scipy
+                for mode in ("dense", "hvp"):
+                    with single_thread():
+                        eigenvector_following(losses[mode], images[k], images[k + 1] - images[k - 1])
+            order = ("dense", "hvp") if searches % 2 == 0 else ("hvp", "dense")  # alternate who goes first
+            for mode in order:
+                with single_thread():
+                    start = time.perf_counter()
+                    found[mode] = eigenvector_following(
+                        losses[mode], images[k], images[k + 1] - images[k - 1]
+                    )
+                    times[mode].append(time.perf_counter() - start)
+            searches += 1
+            if found["dense"] is not None and found["hvp"] is not None:
+                agree += abs(found["dense"].loss - found["hvp"].loss) < 1e-8
+            print(
+                f"P={land.network.n_params} search {searches}: "
+                + ", ".join(
+                    f"{m} {times[m][-1]:.2f} s ({'saddle' if found[m] is not None else 'failed'})"
+                    for m in found
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+        dense, hvp = float(np.median(times["dense"])), float(np.median(times["hvp"]))
+        rows.append((land.network.n_params, searches, dense, hvp, agree))
+    print(
+        "network 20-h-2 tanh, 20 samples, weight decay 1e-2; one search = eigenvector-following from a band"
+    )
+    print("\n| weights P | searches | dense s (median) | HVP s (median) | dense / HVP | same saddle |")
+    print("|---|---|---|---|---|---|")
+    for n_params, searches, dense, hvp, agree in rows:
+        print(
+            f"| {n_params} | {searches} | {dense:.2f} | {hvp:.2f} | {dense / hvp:.2f} | {agree}/{searches} |"
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -356,8 +424,14 @@ def main():
     parser.add_argument("--connect", action="store_true", help="benchmark connect() instead")
     parser.add_argument("--cycles", type=int, default=3, help="--connect: topsearch connection cycles")
     parser.add_argument("--large", action="store_true", help="--connect: the 60-point, 12-feature landscape")
+    parser.add_argument("--hvp", action="store_true", help="time TS searches, dense Hessian vs HVP")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[6, 20, 44], help="--hvp: hidden widths")
+    parser.add_argument("--searches", type=int, default=3, help="--hvp: searches per size")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.hvp:
+        hvp_benchmark(args)
+        return
     if args.connect:
         connect_benchmark(args)
         return

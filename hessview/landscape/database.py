@@ -67,8 +67,9 @@ class Minimum:
     """A stored local minimum: ``loss``, canonical ``coords``, ascending Hessian ``eigenvalues``.
 
     ``log_product`` is :math:`\\sum_i \\log\\lambda_i` over the positive eigenvalues (the harmonic
-    vibrational factor of the superposition approximation); ``hits`` counts how often basin-hopping
-    quenched into it (descents from transition states are not counted).
+    vibrational factor of the superposition approximation), ``nan`` when only the lowest eigenvalues were
+    computed (Hessian-vector-product mode: ``eigenvalues`` is then shorter than ``coords``); ``hits``
+    counts how often basin-hopping quenched into it (descents from transition states are not counted).
     """
 
     id: int
@@ -84,7 +85,7 @@ class TransitionState:
     """A stored first-order saddle joining ``minimum1`` and ``minimum2`` (ids of :class:`Minimum`).
 
     ``log_product`` is :math:`\\sum_i \\log\\lambda_i` over the positive eigenvalues only (PATHSAMPLE's
-    convention for ``ts.data``).
+    convention for ``ts.data``); ``nan`` when only the lowest eigenvalues were computed.
     """
 
     id: int
@@ -94,6 +95,22 @@ class TransitionState:
     log_product: float
     minimum1: int
     minimum2: int
+
+
+def _log_product_column(log_product) -> float:
+    """The stored value: a log product not computed (``nan``, partial spectrum) is stored as 0.0."""
+    value = float(log_product)
+    return value if np.isfinite(value) else 0.0
+
+
+def _log_product(value: float, eigenvalues: np.ndarray, coords: np.ndarray) -> float:
+    """``nan`` for a point stored with only its lowest eigenvalues (no full spectrum, no log product)."""
+    return float(value) if eigenvalues.size == coords.size else float("nan")
+
+
+def _minimum(r) -> Minimum:
+    coords, eigenvalues = _array(r[2]), _array(r[3])
+    return Minimum(r[0], r[1], coords, eigenvalues, _log_product(r[4], eigenvalues, coords), r[5])
 
 
 def _blob(array: np.ndarray) -> bytes:
@@ -273,7 +290,7 @@ class Database:
         """Insert a minimum and return its id (call inside :meth:`transaction`)."""
         cursor = self._execute(
             "INSERT INTO minima(loss, coords, eigenvalues, log_product, hits) VALUES (?, ?, ?, ?, ?)",
-            (float(loss), _blob(coords), _blob(eigenvalues), float(log_product), int(hits)),
+            (float(loss), _blob(coords), _blob(eigenvalues), _log_product_column(log_product), int(hits)),
         )
         return int(cursor.lastrowid)
 
@@ -286,7 +303,14 @@ class Database:
         cursor = self._execute(
             "INSERT INTO transition_states(loss, coords, eigenvalues, log_product, minimum1, minimum2) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (float(loss), _blob(coords), _blob(eigenvalues), float(log_product), minimum1, minimum2),
+            (
+                float(loss),
+                _blob(coords),
+                _blob(eigenvalues),
+                _log_product_column(log_product),
+                minimum1,
+                minimum2,
+            ),
         )
         return int(cursor.lastrowid)
 
@@ -298,7 +322,7 @@ class Database:
             query += " WHERE loss BETWEEN ? AND ?"
             args = (float(loss_range[0]), float(loss_range[1]))
         rows = self._execute(query + " ORDER BY id", args).fetchall()
-        return [Minimum(r[0], r[1], _array(r[2]), _array(r[3]), r[4], r[5]) for r in rows]
+        return [_minimum(r) for r in rows]
 
     def minimum(self, minimum_id: int) -> Minimum:
         """One stored minimum by id."""
@@ -308,7 +332,7 @@ class Database:
         ).fetchone()
         if row is None:
             raise ValueError(f"no minimum with id {minimum_id} in landscape database {self.path}")
-        return Minimum(row[0], row[1], _array(row[2]), _array(row[3]), row[4], row[5])
+        return _minimum(row)
 
     def transition_states(self, loss_range: tuple[float, float] | None = None) -> list[TransitionState]:
         """Stored transition states by increasing id, optionally only those in a loss range."""
@@ -318,7 +342,12 @@ class Database:
             query += " WHERE loss BETWEEN ? AND ?"
             args = (float(loss_range[0]), float(loss_range[1]))
         rows = self._execute(query + " ORDER BY id", args).fetchall()
-        return [TransitionState(r[0], r[1], _array(r[2]), _array(r[3]), r[4], r[5], r[6]) for r in rows]
+        out = []
+        for r in rows:
+            coords, eigenvalues = _array(r[2]), _array(r[3])
+            log_product = _log_product(r[4], eigenvalues, coords)
+            out.append(TransitionState(r[0], r[1], coords, eigenvalues, log_product, r[5], r[6]))
+        return out
 
     def close(self) -> None:
         """Close the connection and release the file lock (idempotent)."""

@@ -7,6 +7,7 @@ import hashlib
 import itertools
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
 from hessview._io import atomic_path
+from hessview.engine.errors import ApproximationWarning
 from hessview.landscape import basin_hopping
 from hessview.landscape.basins import RULES, monotonic_sequence_basins
 from hessview.landscape.conserved import ConservedWeights, bootstrap_relevance, conserved_weights
@@ -94,8 +96,14 @@ def _check_inputs(X, y) -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float64), y
 
 
-def _positive_log_product(eigenvalues: np.ndarray) -> float:
-    """:math:`\\sum \\log\\lambda_i` over the positive, nonzero eigenvalues (PATHSAMPLE's ``fvib``)."""
+def _positive_log_product(point: Stationary) -> float:
+    """:math:`\\sum \\log\\lambda_i` over the positive, nonzero eigenvalues (PATHSAMPLE's ``fvib``).
+
+    ``nan`` when only the lowest eigenvalues were computed (Hessian-vector-product mode).
+    """
+    if not point.complete:
+        return float("nan")
+    eigenvalues = point.eigenvalues
     scale = max(1.0, float(np.abs(eigenvalues).max()))
     positive = eigenvalues[eigenvalues > 1e-9 * scale]
     return float(np.log(positive).sum())
@@ -121,6 +129,15 @@ class Landscape:
             with other data, network, weight decay or seed, or any file that is not a hessview landscape
             database, is refused and left untouched; one ``Landscape`` at a time may write to it: a
             second writer is refused with ``DatabaseInUseError``); ``None`` keeps an in-memory database.
+        hessian: how curvature is computed. ``"dense"``: the exact ``P x P`` Hessian and its full
+            spectrum at every step (stores all eigenvalues and the log products that kinetics and
+            thermodynamics need). ``"hvp"``: Hessian-vector products only, for networks with thousands of
+            weights: Lanczos lowest eigenpairs, truncated-CG Newton steps and hybrid
+            eigenvector-following (:mod:`hessview.landscape.krylov`); each stationary point then stores
+            only its ``N_LOWEST`` lowest eigenvalues, its ``log_product`` is ``nan``, and
+            :meth:`rates`, :meth:`occupation_probabilities`, :meth:`heat_capacity` and
+            :meth:`free_energy_graph` refuse to run. ``"auto"`` (default): dense up to
+            ``DENSE_MAX_PARAMS`` weights, HVP above.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -130,7 +147,17 @@ class Landscape:
         (True, True)
     """
 
-    def __init__(self, X, y, *, hidden: int = 4, weight_decay: float = 1e-3, seed: int = 0, db=None):
+    def __init__(
+        self,
+        X,
+        y,
+        *,
+        hidden: int = 4,
+        weight_decay: float = 1e-3,
+        seed: int = 0,
+        db=None,
+        hessian: str = "auto",
+    ):
         X, y = _check_inputs(X, y)
         if isinstance(hidden, bool) or not isinstance(hidden, numbers.Integral) or hidden < 1:
             raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
@@ -155,7 +182,9 @@ class Landscape:
         self.X = (X - self.feature_mean) / self.feature_scale
         self.hidden, self.weight_decay, self.seed = int(hidden), float(weight_decay), int(seed)
         self.network = TanhNetwork(X.shape[1], self.hidden, int(y.max()) + 1)
-        self.loss = RegularisedLoss(self.network, self.X, y, self.weight_decay)
+        self.loss = RegularisedLoss(self.network, self.X, y, self.weight_decay, hessian)
+        #: ``"dense"`` or ``"hvp"``: how curvature is computed (the resolved ``hessian`` argument)
+        self.hessian_mode = self.loss.hessian_mode
         digest = hashlib.sha256(
             np.asarray(X.shape, np.int64).tobytes() + X.tobytes() + y.tobytes()
         ).hexdigest()
@@ -298,7 +327,7 @@ class Landscape:
                 return None
             coords = canonicalise(self.network, ts.coords)
             ts_id = self.db.add_transition_state(
-                ts.loss, coords, ts.eigenvalues, _positive_log_product(ts.eigenvalues), first, second
+                ts.loss, coords, ts.eigenvalues, _positive_log_product(ts), first, second
             )
         return next(t for t in self.db.transition_states(window) if t.id == ts_id)
 
@@ -624,6 +653,17 @@ class Landscape:
             self._orders[key] = point_group_order(self.network, record.coords)
         return self._orders[key]
 
+    def _require_log_products(self, minima, transition_states=()) -> None:
+        """Refuse harmonic thermodynamics when a stored point lacks its log product (partial spectrum)."""
+        missing = sum(not np.isfinite(r.log_product) for r in (*minima, *transition_states))
+        if missing:
+            raise ValueError(
+                f"{missing} stored stationary points have only their lowest Hessian eigenvalues (computed "
+                "with Hessian-vector products, hessian='hvp'), so the log product of the eigenvalues that "
+                "the harmonic superposition needs is unknown: build the landscape with hessian='dense' "
+                "for occupations, rates, heat capacities and free energies"
+            )
+
     def point_group_orders(self) -> dict[int, int]:
         """``{minimum id: number of network symmetries that leave it unchanged}`` (1 for a generic one)."""
         return {m.id: self._order("min", m) for m in self.minima}
@@ -636,6 +676,7 @@ class Landscape:
         """
         minima = self._minima_or_raise()
         temperature = _check_temperature(temperature)
+        self._require_log_products(minima)
         p = occupation_probabilities(
             np.array([m.loss for m in minima]),
             np.array([m.log_product for m in minima]),
@@ -647,10 +688,9 @@ class Landscape:
     def _log_rates(self, temperature: float) -> dict[tuple[int, int], float]:
         minima = self._minima_or_raise()
         temperature = _check_temperature(temperature)
-        records = [
-            (t.loss, t.log_product, self._order("ts", t), t.minimum1, t.minimum2)
-            for t in self.transition_states
-        ]
+        tss = self.transition_states
+        self._require_log_products(minima, tss)
+        records = [(t.loss, t.log_product, self._order("ts", t), t.minimum1, t.minimum2) for t in tss]
         return log_rates(
             {m.id: m.loss for m in minima},
             {m.id: m.log_product for m in minima},
@@ -680,6 +720,7 @@ class Landscape:
             raise ValueError("temperatures must be a positive number or a 1-D array of them")
         if not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise ValueError("temperatures must be positive and finite")
+        self._require_log_products(minima)
         return heat_capacity(
             np.array([m.loss for m in minima]),
             np.array([m.log_product for m in minima]),
@@ -742,6 +783,7 @@ class Landscape:
             )
         )
         tss = [t for t in self.transition_states if t.minimum1 != t.minimum2]
+        self._require_log_products(minima, tss)
         log_z_ts = log_partition_functions(
             [t.loss for t in tss],
             [t.log_product for t in tss],
@@ -802,6 +844,11 @@ class Landscape:
         1-based line numbers of ``min.data``; ``points.*`` hold the coordinates of each stationary point
         as raw little-endian float64, ``n_params`` per point, no header (Fortran direct-access records).
         Coordinates are those of the network on standardised inputs. Each file is written atomically.
+
+        Points stored in Hessian-vector-product mode (``hessian="hvp"``) have no log product (only their
+        lowest eigenvalues were computed): their log-product column is written as ``0.0``, i.e. every such
+        point gets the same vibrational factor and PATHSAMPLE's rates and free energies then compare
+        energies only. An ``ApproximationWarning`` says so.
         """
         if not isinstance(folder, str | os.PathLike):
             raise TypeError(f"folder must be a path, got {type(folder).__name__}")
@@ -809,14 +856,26 @@ class Landscape:
         folder.mkdir(parents=True, exist_ok=True)
         minima, tss = self.minima, self.transition_states
         line = {m.id: k + 1 for k, m in enumerate(minima)}
+        missing = sum(not np.isfinite(r.log_product) for r in (*minima, *tss))
+        if missing:
+            warnings.warn(
+                f"{missing} stationary points have no log product of Hessian eigenvalues (hessian='hvp' "
+                "computes only the lowest ones): written as 0.0, so PATHSAMPLE compares energies only",
+                ApproximationWarning,
+                stacklevel=2,
+            )
+
+        def fvib(record) -> float:
+            return record.log_product if np.isfinite(record.log_product) else 0.0
+
         with atomic_path(folder / "min.data") as tmp:
             tmp.write_text(
-                "".join(f"{m.loss!r} {m.log_product!r} {self._order('min', m)} 1.0 1.0 1.0\n" for m in minima)
+                "".join(f"{m.loss!r} {fvib(m)!r} {self._order('min', m)} 1.0 1.0 1.0\n" for m in minima)
             )
         with atomic_path(folder / "ts.data") as tmp:
             tmp.write_text(
                 "".join(
-                    f"{t.loss!r} {t.log_product!r} {self._order('ts', t)} {line[t.minimum1]} "
+                    f"{t.loss!r} {fvib(t)!r} {self._order('ts', t)} {line[t.minimum1]} "
                     f"{line[t.minimum2]} 1.0 1.0 1.0\n"
                     for t in tss
                 )
@@ -829,14 +888,16 @@ class Landscape:
 
     @classmethod
     def from_pathsample(
-        cls, folder, X, y, *, hidden: int, weight_decay: float, seed: int = 0, db=None
+        cls, folder, X, y, *, hidden: int, weight_decay: float, seed: int = 0, db=None, hessian: str = "auto"
     ) -> Landscape:
         """A new landscape whose database holds the stationary points of PATHSAMPLE files in ``folder``.
 
         Reads the layout :meth:`export_pathsample` writes. Every point is re-analysed on ``(X, y)``
         (loss, gradient, Hessian): a file whose energies do not match the network and data given, or
         whose points are not minima (no negative eigenvalue) and first-order saddles (one), is refused.
-        Minima get ids ``1..N`` in ``min.data`` order. ``db`` must be new or empty.
+        Minima get ids ``1..N`` in ``min.data`` order. ``db`` must be new or empty; ``hessian`` as in
+        :class:`Landscape` (in ``"hvp"`` mode the points are classified by their lowest eigenvalues and
+        their log products are not kept).
         """
         if not isinstance(folder, str | os.PathLike):
             raise TypeError(f"folder must be a path, got {type(folder).__name__}")
@@ -846,7 +907,7 @@ class Landscape:
         ]
         if missing:
             raise ValueError(f"{folder} lacks the PATHSAMPLE files {', '.join(missing)}")
-        land = cls(X, y, hidden=hidden, weight_decay=weight_decay, seed=seed, db=db)
+        land = cls(X, y, hidden=hidden, weight_decay=weight_decay, seed=seed, db=db, hessian=hessian)
         try:
             land._import_pathsample(folder)
         except BaseException:

@@ -100,6 +100,28 @@ class TanhNetwork:
         return torch.einsum("...ch,...nh->...nc", w2, hidden) + b2[..., None, :]
 
 
+#: networks with more weights than this use Hessian-vector products (``hessian="auto"``). A transition-state
+#: search is faster with the dense Hessian up to about a thousand weights and about eight times slower at
+#: two thousand (``benchmarks/bench_landscape.py --hvp``, benchmarks/RESULTS.md); the dense path also keeps
+#: the full spectrum that kinetics and thermodynamics need.
+DENSE_MAX_PARAMS = 1500
+
+HESSIAN_MODES = ("auto", "dense", "hvp")
+
+
+def resolve_hessian_mode(hessian: str, n_params: int) -> str:
+    """``"dense"`` or ``"hvp"`` for the requested ``hessian`` mode and a network of ``n_params`` weights.
+
+    >>> [resolve_hessian_mode(mode, n) for mode, n in [("auto", 1000), ("auto", 5000), ("hvp", 10)]]
+    ['dense', 'hvp', 'hvp']
+    """
+    if not isinstance(hessian, str) or hessian not in HESSIAN_MODES:
+        raise ValueError(f"hessian must be one of {HESSIAN_MODES}, got {hessian!r}")
+    if hessian == "auto":
+        return "dense" if n_params <= DENSE_MAX_PARAMS else "hvp"
+    return hessian
+
+
 class RegularisedLoss:
     """Mean softmax cross-entropy plus ``weight_decay / 2 * ||theta||^2`` on fixed data.
 
@@ -108,9 +130,16 @@ class RegularisedLoss:
         X: inputs ``(n, n_inputs)``.
         y: integer class labels ``(n,)``.
         weight_decay: the L2 coefficient :math:`\\lambda \\ge 0`.
+        hessian: how curvature is computed: ``"dense"`` (the exact ``P x P`` Hessian and its full
+            eigen-decomposition), ``"hvp"`` (Hessian-vector products only: Lanczos for the lowest
+            eigenpairs, Krylov solves for Newton steps; see :mod:`hessview.landscape.krylov`) or ``"auto"``
+            (dense up to :data:`DENSE_MAX_PARAMS` weights). The resolved mode is ``hessian_mode``.
     """
 
-    def __init__(self, network: TanhNetwork, X: np.ndarray, y: np.ndarray, weight_decay: float):
+    def __init__(
+        self, network: TanhNetwork, X: np.ndarray, y: np.ndarray, weight_decay: float, hessian: str = "auto"
+    ):
+        self.hessian_mode = resolve_hessian_mode(hessian, network.n_params)
         self.network = network
         self.x = torch.as_tensor(np.asarray(X, dtype=np.float64))
         self.y = torch.as_tensor(np.asarray(y, dtype=np.int64))
@@ -178,6 +207,49 @@ class RegularisedLoss:
             torch.as_tensor(np.asarray(theta, dtype=np.float64))
         )
         return 0.5 * (h + h.T).detach().numpy()
+
+    def hvp(self, theta: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Hessian-vector products :math:`H v` at a numpy point for ``vectors`` ``(P,)`` or ``(P, m)``.
+
+        Pearlmutter's :math:`\\mathcal{R}` operator (Neural Comput. 6, 147 (1994)), the directional
+        derivative :math:`H v = \\frac{d}{d\\epsilon}\\nabla L(\\theta + \\epsilon v)|_{\\epsilon=0}`,
+        applied by hand to the closed-form gradient of :meth:`_value_and_gradient`. With
+        :math:`v = (V_1, c_1, V_2, c_2)`, :math:`z = W_1 x + b_1`, :math:`a = \\tanh z`,
+        :math:`o = W_2 a + b_2`, :math:`p = \\operatorname{softmax} o`:
+        :math:`\\mathcal{R}z = V_1 x + c_1`, :math:`\\mathcal{R}a = (1 - a^2)\\mathcal{R}z`,
+        :math:`\\mathcal{R}o = W_2\\mathcal{R}a + V_2 a + c_2`,
+        :math:`\\mathcal{R}\\delta = p \\odot (\\mathcal{R}o - p^\\top\\mathcal{R}o)/n`, then the
+        gradient formulas differentiated by the product rule, plus :math:`\\lambda v`. Exact to round-off
+        (the tests check it against autograd), costs about two gradient evaluations per vector, and never
+        forms the ``P x P`` matrix. Several vectors are handled in one batched pass.
+        """
+        theta_t = torch.as_tensor(np.asarray(theta, dtype=np.float64))
+        v = torch.as_tensor(np.asarray(vectors, dtype=np.float64))
+        single = v.ndim == 1
+        vt = v[None, :] if single else v.T  # (m, P)
+        w1, b1, w2, b2 = self.network.unpack(theta_t)
+        v1, c1, v2, c2 = self.network.unpack(vt)
+        x, n = self.x, self.x.shape[0]
+        hidden = torch.tanh(x @ w1.T + b1)  # (n, h)
+        log_p = torch.log_softmax(hidden @ w2.T + b2, dim=-1)
+        p = torch.exp(log_p)  # (n, c)
+        delta = (p - self._onehot) / n
+        slope = 1.0 - hidden * hidden
+        r_hidden = slope * (torch.einsum("mhd,nd->mnh", v1, x) + c1[:, None, :])  # (m, n, h)
+        r_out = r_hidden @ w2.T + torch.einsum("mch,nh->mnc", v2, hidden) + c2[:, None, :]
+        r_delta = p * (r_out - (p * r_out).sum(-1, keepdim=True)) / n  # (m, n, c)
+        g_w2 = r_delta.transpose(-1, -2) @ hidden + torch.einsum("nc,mnh->mch", delta, r_hidden)
+        g_b2 = r_delta.sum(-2)
+        back = delta @ w2  # (n, h)
+        r_dz = (
+            r_delta @ w2 + torch.einsum("nc,mch->mnh", delta, v2)
+        ) * slope - 2.0 * back * hidden * r_hidden
+        g_w1 = r_dz.transpose(-1, -2) @ x
+        g_b1 = r_dz.sum(-2)
+        m = vt.shape[0]
+        out = torch.cat([g_w1.reshape(m, -1), g_b1, g_w2.reshape(m, -1), g_b2], dim=-1)
+        out = out + self.weight_decay * vt
+        return out[0].numpy() if single else out.T.numpy()
 
     def predict_proba(self, theta: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` of the network ``theta`` on inputs ``X``."""

@@ -8,6 +8,9 @@
   :math:`(b_i, v_i)` with gradient components :math:`g_i`, the followed mode steps uphill and every other
   mode downhill by :math:`h_i = \\pm 2 g_i / (|b_i| (1 + \\sqrt{1 + 4 g_i^2 / b_i^2}))`. A transition
   state is accepted only with exactly one negative Hessian eigenvalue.
+* For networks analysed with Hessian-vector products (``loss.hessian_mode == "hvp"``) the refinement is
+  hybrid eigenvector-following with a Lanczos lowest eigenvector
+  (:func:`hessview.landscape.krylov.hybrid_eigenvector_following`); no ``P x P`` matrix is formed.
 * Each transition state is joined to minima by quenching from :math:`x^\\dagger \\pm \\delta v_0`.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hessview.landscape.krylov import hybrid_eigenvector_following
 from hessview.landscape.network import RegularisedLoss
 from hessview.landscape.quench import Stationary, analyse, quench
 
@@ -118,7 +122,20 @@ def eigenvector_following(
     max_iterations: int = 200,
     max_step: float = 0.2,
 ) -> Stationary | None:
-    """Refine ``start`` to a saddle by following the mode nearest ``guess``; ``None`` on failure."""
+    """Refine ``start`` to a saddle by following the mode nearest ``guess``; ``None`` on failure.
+
+    A result always has gradient norm below ``gtol`` and exactly one negative Hessian eigenvalue.
+    """
+    if getattr(loss, "hessian_mode", "dense") == "hvp":
+        found = hybrid_eigenvector_following(
+            loss, start, guess, gtol=gtol, max_iterations=max_iterations, max_step=max_step
+        )
+        if found is None:
+            return None
+        point = analyse(loss, found[0], found[1])
+        negative = point.eigenvalues < 0
+        # the index counts only if a non-negative eigenvalue was resolved among the lowest ones
+        return point if point.n_negative == 1 and not negative.all() else None
     coords = np.asarray(start, dtype=np.float64).copy()
     direction = np.asarray(guess, dtype=np.float64) / np.linalg.norm(guess)
     for _ in range(max_iterations):

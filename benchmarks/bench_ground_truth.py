@@ -339,7 +339,7 @@ def kronfluence_rows(model, X, y, X_test, y_test, reference, repeats):
     return [(*row[:4], row[4] + (f"; {tracked[0]}" if tracked else ""))]
 
 
-def hessview_rows(model, X, y, X_test, y_test, wd, measurement, repeats, seed):
+def hessview_rows(model, X, y, X_test, y_test, wd, measurement, repeats, seed, tune=True):
     """hessview's variants, each timed from a fresh toolbox (fit + influence for the test points)."""
 
     def toolbox(**kw):
@@ -371,6 +371,8 @@ def hessview_rows(model, X, y, X_test, y_test, wd, measurement, repeats, seed):
     ):
         values, w, c = repeated(fn, repeats)
         rows.append((label, values, w, c, note))
+    if not tune:
+        return rows, fitted, auto
     (_, tune_wall, tune_cpu) = timed(lambda: fitted.tune_damping(seed=seed, measurement=measurement))
     tuned = fitted.influence(X_test, y_test, measurement=measurement)
     rows.append(
@@ -420,7 +422,9 @@ def summary(rows, scores) -> str:
     return text
 
 
-def bench_model(name, problem, n_subsets, n_test, repeats, seed=0, peers=("pydvl", "dattri", "kronfluence")):
+def bench_model(
+    name, problem, n_subsets, n_test, repeats, seed=0, peers=("pydvl", "dattri", "kronfluence"), tune=True
+):
     model, X, y, X_test, y_test, wd, batch_size = problem
     model = model.double().eval()
     X, y = torch.as_tensor(X).double(), torch.as_tensor(y)
@@ -429,7 +433,7 @@ def bench_model(name, problem, n_subsets, n_test, repeats, seed=0, peers=("pydvl
     measurement = "loss"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows, fitted, auto = hessview_rows(model, X, y, X_test, y_test, wd, measurement, repeats, seed)
+        rows, fitted, auto = hessview_rows(model, X, y, X_test, y_test, wd, measurement, repeats, seed, tune)
         fitted.set_damping("auto")
         truth, t_lds, _ = timed(
             lambda: lds(fitted, X_test, y_test, n_subsets=n_subsets, seed=seed, measurement=measurement)
@@ -488,18 +492,26 @@ def main():
         default=["pydvl", "dattri", "kronfluence"],
         choices=["pydvl", "dattri", "kronfluence"],
     )
+    parser.add_argument(
+        "--no-tune", action="store_true", help="leave out the tune_damping row (large models)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     sections = []
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for key in args.models:
         label, make = PROBLEMS[key]
-        sections.append(bench_model(label, make(), args.subsets, args.test, args.repeats, peers=args.peers))
+        sections.append(
+            bench_model(
+                label, make(), args.subsets, args.test, args.repeats, peers=args.peers, tune=not args.no_tune
+            )
+        )
         print(sections[-1], flush=True)
     command = (
         "PYTHONPATH=.:/tmp/gt/peers OMP_NUM_THREADS=1 .venv/bin/python -u benchmarks/bench_ground_truth.py "
         f"--subsets {args.subsets} --test {args.test} --repeats {args.repeats} "
         f"--models {' '.join(args.models)} --peers {' '.join(args.peers)}"
+        + (" --no-tune" if args.no_tune else "")
     )
     versions = []
     for package in ("torch", "pydvl", "kronfluence", "dattri"):

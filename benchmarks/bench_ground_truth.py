@@ -117,6 +117,8 @@ def timed(fn):
 
 def repeated(fn, repeats: int):
     """``fn()`` once to warm up (imports, vmap tracing), then ``repeats`` timed calls: value, medians."""
+    if repeats == 0:  # large models: one cold call (its tracing overhead is small against minutes)
+        return timed(fn)
     fn()
     runs = [timed(fn) for _ in range(repeats)]
     return runs[-1][0], float(np.median([r[1] for r in runs])), float(np.median([r[2] for r in runs]))
@@ -521,7 +523,13 @@ def main():
             versions.append(f"{package} not installed")
     header = (
         f"Run started {started}, one thread (`torch.set_num_threads(1)`, OMP_NUM_THREADS=1); "
-        f"{', '.join(versions)}. Times are medians of {args.repeats} calls after one warm-up call, from a "
+        f"{', '.join(versions)}. Times are "
+        + (
+            f"medians of {args.repeats} calls after one warm-up call"
+            if args.repeats
+            else "one cold call each"
+        )
+        + ", from a "
         "fresh object each call (hessview: fit + influence of the test points; peers: fit + scores), "
         "measured side by side in this one process; CPU s is this process's own."
     )

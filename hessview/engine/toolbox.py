@@ -1,10 +1,12 @@
 """``HessianToolbox``: fit one curvature, answer influence, uncertainty and extrapolation queries.
 
 The objective is :math:`R(\\theta) = \\frac{1}{n}\\sum_j L(x_j, y_j; \\theta) + \\frac{w}{2}\\lVert\\theta
-\\rVert^2` with the model in eval mode. ``fit`` computes its curvature, the eigendecomposition shared by
-every query, and the per-sample training gradients; the queries (:mod:`hessview.engine.queries`) are
-written once against an inverse operator (:mod:`hessview.engine.inverse`), whichever way it is applied
-(Dawid et al., Mach. Learn.: Sci. Technol. 3, 015002 (2022)).
+\\rVert^2` with the model in eval mode. ``fit`` computes its curvature, the inverse shared by every query
+(from a Cholesky factor when the exact curvature is positive definite, else from its eigendecomposition,
+which is otherwise computed on first use), and the per-sample training gradients; the queries
+(:mod:`hessview.engine.queries`) are written once against an inverse operator
+(:mod:`hessview.engine.inverse`), whichever way it is applied (Dawid et al., Mach. Learn.: Sci. Technol.
+3, 015002 (2022)).
 
 Beyond the exact Hessian: ``curvature="ggn"`` uses the positive semi-definite Gauss-Newton matrix
 (:mod:`hessview.engine.ggn`); ``method="lowrank"`` keeps only the top eigenpairs, found by Lanczos from
@@ -97,7 +99,7 @@ class HessianToolbox(GroundTruthMixin):
             ``tune_damping``) or a float ``delta >= 0``.
         dtype: ``torch.float64`` (default) or ``torch.float32``: the dtype of every curvature computation.
         progress: show progress bars during ``fit`` and long queries.
-        method: ``"exact"`` forms the ``P x P`` curvature and its full eigendecomposition; ``"lowrank"``
+        method: ``"exact"`` forms the ``P x P`` curvature (full eigendecomposition on demand); ``"lowrank"``
             finds only the top-``rank`` eigenpairs by :math:`|\\lambda|` (Lanczos on matrix-free
             curvature-vector products, see :mod:`~hessview.engine.lowrank`): then ``eigenvalues`` and
             ``eigenvectors`` hold those pairs only, ``lambda_min_``/``lambda_max_``/``n_negative_`` describe
@@ -364,7 +366,11 @@ class HessianToolbox(GroundTruthMixin):
 
     # ------------------------------------------------------------------ fit
     def fit(self) -> HessianToolbox:
-        """Compute the curvature, its eigendecomposition, the damping and the per-sample gradients.
+        """Compute the curvature, the damping, the inverse and the per-sample gradients.
+
+        ``method="exact"``: a positive definite curvature (certified by a Cholesky factor) gets damping 0
+        under ``"auto"`` and a :class:`~hessview.engine.inverse.CholeskyInverse`; the eigendecomposition is
+        computed when first needed (an indefinite curvature, a spectrum, ``summary``, ``tune_damping``).
 
         Warns with :class:`~hessview.engine.errors.NotStationaryWarning` when theta is not a stationary point
         (see ``stationarity_ratio_``), :class:`~hessview.engine.errors.DampingWarning` when the automatic
@@ -395,9 +401,9 @@ class HessianToolbox(GroundTruthMixin):
     def set_damping(self, damping: str | float) -> HessianToolbox:
         """Use another damping, ``"auto"`` or a float ``>= 0``, from now on, without refitting; returns self.
 
-        Every later query uses ``(C + delta I)^-1`` with the new ``delta``: the curvature and its
-        eigendecomposition are reused, so comparing dampings costs no new Hessian. Everything derived from
-        the previous damping is dropped with the previous inverse operator.
+        Every later query uses ``(C + delta I)^-1`` with the new ``delta``: the curvature (and its
+        eigendecomposition, once computed) are reused, so comparing dampings costs no new Hessian.
+        Everything derived from the previous damping is dropped with the previous inverse operator.
         """
         self._require_fit()
         if damping == "tuned":

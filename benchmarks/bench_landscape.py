@@ -38,6 +38,7 @@ between two basin-hopping minima) with the dense Hessian path and with the Hessi
 (``--sizes``: the hidden widths), and checks that both end on the same saddle:
 
       .venv/bin/python benchmarks/bench_landscape.py --hvp --sizes 6 20 44 87 130 --searches 3 --steps 12
+
 """
 
 from __future__ import annotations

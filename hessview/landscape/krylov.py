@@ -41,6 +41,10 @@ from scipy.sparse.linalg import LinearOperator, lobpcg
 N_LOWEST = 6
 #: residual norm asked of LOBPCG for the lowest eigenpairs
 EIGEN_TOLERANCE = 1e-9
+#: hybrid eigenvector-following gives up once the gradient norm exceeds this multiple of its start
+RUNAWAY_FACTOR = 10.0
+#: ... or once the gradient norm falls below this fraction of its start with no negative eigenvalue
+WRONG_INDEX_FRACTION = 0.01
 #: LOBPCG iterations at most (each costs ``k + 2`` Hessian-vector products)
 MAX_LOBPCG = 500
 
@@ -185,19 +189,29 @@ def hybrid_eigenvector_following(
     with the previously followed direction (initially ``guess``; if none overlaps it by 0.5, the
     direction itself with its Rayleigh quotient as curvature), steps uphill along it and takes a
     truncated-CG Newton step in the orthogonal space. Returns ``None`` when no point with gradient below
-    ``gtol`` was reached in ``max_iterations``; the caller checks the Morse index.
+    ``gtol`` was reached in ``max_iterations``, or as soon as the gradient norm exceeds
+    :data:`RUNAWAY_FACTOR` times its starting value (the walk has left the saddle's region, typically
+    climbing a direction that only the weight decay curves) or falls below :data:`WRONG_INDEX_FRACTION`
+    of it with no negative eigenvalue (it is converging to a minimum, as the dense path would report);
+    the caller checks the Morse index.
     """
     coords = np.asarray(start, dtype=np.float64).copy()
     direction = np.asarray(guess, dtype=np.float64) / np.linalg.norm(guess)
     block = direction
+    first = None
     for _ in range(max_iterations):
         _, gradient = loss.value_and_gradient(coords)
         gnorm = float(np.linalg.norm(gradient))
         if gnorm < gtol:
             return coords, direction
+        first = gnorm if first is None else first
+        if gnorm > RUNAWAY_FACTOR * max(first, 1e-3):
+            return None
         # loose eigenvectors while far away; the final analysis asks for EIGEN_TOLERANCE
         values, vectors = lowest_eigenpairs(loss, coords, 3, block, tol=max(1e-8, 1e-3 * gnorm))
         block = vectors
+        if values[0] >= 0 and gnorm < WRONG_INDEX_FRACTION * first:
+            return None
         overlaps = np.abs(vectors.T @ direction)
         followed = 0 if values[0] < 0 else int(np.argmax(overlaps))
         if values[0] >= 0 and overlaps[followed] < 0.5:

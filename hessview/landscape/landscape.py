@@ -137,7 +137,7 @@ class Landscape:
             only its ``N_LOWEST`` lowest eigenvalues, its ``log_product`` is ``nan``, and
             :meth:`rates`, :meth:`occupation_probabilities`, :meth:`heat_capacity` and
             :meth:`free_energy_graph` refuse to run. ``"auto"`` (default): dense up to
-            ``DENSE_MAX_PARAMS`` weights, HVP above.
+            ``hessview.landscape.network.DENSE_MAX_PARAMS`` (1500) weights, HVP above.
 
     Example:
         >>> rng = np.random.default_rng(0)

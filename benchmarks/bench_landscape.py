@@ -39,6 +39,17 @@ between two basin-hopping minima) with the dense Hessian path and with the Hessi
 
       .venv/bin/python benchmarks/bench_landscape.py --hvp --sizes 6 20 44 87 130 --searches 3 --steps 12
 
+``--whole`` compares a whole run on the network and data of ``--connect``: each tool starts from the same
+point, samples minima by its own basin-hopping (``--steps`` steps, T = 1, perturbations in [-3, 3]) and
+connects them (hessview ``explore()`` + ``connect()`` with its defaults; topsearch ``BasinHopping`` +
+``--cycles`` cycles of ``NetworkSampling`` with ``ConnectUnconnected`` pairs), timed from start to end. Both
+results are then counted by one rule: every minimum is re-quenched tightly and deduplicated over the
+network's symmetries (hidden-unit permutations, tanh sign flips), transition states are checked with the
+exact Hessian (one negative eigenvalue, max |gradient| < 1e-6) and the connected sets are those of the
+distinct minima joined by the verified transition states:
+
+      nice -n 10 .venv/bin/python benchmarks/bench_landscape.py --whole --steps 15 --cycles 1 \
+          --topsearch /tmp/topsearch-pkgs
 """
 
 from __future__ import annotations
@@ -356,6 +367,191 @@ def _connect_benchmark(args) -> None:
         print(f"\nwall-time ratio topsearch : hessview = {rows[1][1] / rows[0][1]:.1f}")
 
 
+def whole_benchmark(args) -> None:
+    """A whole run (minima, transition states, connected sets), hessview against topsearch."""
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)  # topsearch writes a 'logfile' into the working directory, also outside its runs
+        try:
+            _whole_benchmark(args)
+        finally:
+            os.chdir(here)
+
+
+def _classes_of(network, reference, minima) -> list[int]:
+    """For each ``(loss, coords)``, the index of its symmetry class among the re-quenched minima.
+
+    ``reference`` is a list of distinct ``(loss, coords)`` that grows as new classes are met; a minimum
+    whose re-quench fails gets ``-1``.
+    """
+    classes = []
+    for loss, coords in minima:
+        if coords is None:
+            classes.append(-1)
+            continue
+        match = next(
+            (
+                k
+                for k, (k_loss, k_coords) in enumerate(reference)
+                if abs(loss - k_loss) < SAME_LOSS and align(network, k_coords, coords)[1] < SAME_COORDS
+            ),
+            None,
+        )
+        if match is None:
+            reference.append((loss, coords))
+            match = len(reference) - 1
+        classes.append(match)
+    return classes
+
+
+def _score(land, minima_coords, ts_records) -> dict:
+    """Distinct minima, verified transition states and connected sets of one tool's result.
+
+    ``ts_records``: ``(coords, index of minimum 1, index of minimum 2)`` into ``minima_coords``.
+    """
+    from hessview.landscape.union_find import UnionFind
+
+    polished = []
+    with single_thread():
+        for coords in minima_coords:
+            point = quench(land.loss, np.asarray(coords, dtype=float))
+            polished.append((point.loss, point.coords) if point is not None else (np.inf, None))
+    reference: list = []
+    classes = _classes_of(land.network, reference, polished)
+    verified = [rec for rec in ts_records if saddle_check(land, [rec[0]]) == 1]
+    union = UnionFind(range(len(reference)))
+    for _, a, b in verified:
+        if classes[a] >= 0 and classes[b] >= 0:
+            union.union(classes[a], classes[b])
+    sets = sorted((len(g) for g in union.groups()), reverse=True)
+    lowest = int(np.argmin([loss for loss, _ in reference]))
+    with_lowest = next(len(g) for g in union.groups() if lowest in g)
+    return {
+        "distinct": len(reference),
+        "reported": len(minima_coords),
+        "ts": len(ts_records),
+        "verified": len(verified),
+        "sets": sets,
+        "with_lowest": with_lowest,
+        "lowest": reference[lowest][0],
+    }
+
+
+def _whole_benchmark(args) -> None:
+    n, d, temperature, step = 20, 4, 1.0, 3.0
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(n, d))
+    y = (X[:, 0] * X[:, 1] > 0).astype(int)
+    print(
+        f"network {d}-4-2 tanh, {n} samples, weight decay 1e-3; {args.steps} basin-hopping steps "
+        f"(T = {temperature}, step {step}) and connection, each tool from the same start",
+        flush=True,
+    )
+    results = {}
+    classes, status = import_topsearch(args.topsearch)
+    reference = Landscape(X, y, hidden=4, weight_decay=1e-3, seed=0)
+    start = start_point(reference, 0)
+    if classes is not None:
+        from topsearch.data.coordinates import StandardCoordinates
+        from topsearch.data.kinetic_transition_network import KineticTransitionNetwork
+        from topsearch.global_optimisation.basin_hopping import BasinHopping
+        from topsearch.global_optimisation.perturbations import StandardPerturbation
+        from topsearch.potentials.potential import Potential
+        from topsearch.sampling.exploration import NetworkSampling
+        from topsearch.similarity.similarity import StandardSimilarity
+        from topsearch.transition_states.hybrid_eigenvector_following import HybridEigenvectorFollowing
+        from topsearch.transition_states.nudged_elastic_band import NudgedElasticBand
+
+        loss = reference.loss
+
+        class NetworkLoss(Potential):  # hessview's exact loss, gradient and Hessian for topsearch
+            def function(self, x):
+                return loss.value(np.asarray(x))
+
+            def gradient(self, x, displacement=None):
+                return loss.value_and_gradient(np.asarray(x))[1]
+
+            def function_gradient(self, x):
+                return loss.value_and_gradient(np.asarray(x))
+
+            def hessian(self, x, displacement=None):
+                return loss.hessian(np.asarray(x))
+
+        np.random.seed(0)
+        random.seed(0)
+        P = reference.network.n_params
+        ktn = KineticTransitionNetwork()
+        coords = StandardCoordinates(ndim=P, bounds=[(-100.0, 100.0)] * P)
+        coords.position = start.copy()
+        potential = NetworkLoss()
+        similarity = StandardSimilarity(distance_criterion=1e-3, energy_criterion=1e-6)
+        hopping = BasinHopping(
+            ktn=ktn,
+            potential=potential,
+            similarity=similarity,
+            step_taking=StandardPerturbation(max_displacement=2 * step),
+        )
+        sampler = NetworkSampling(
+            ktn,
+            coords,
+            None,
+            HybridEigenvectorFollowing(potential, ts_conv_crit=1e-6, ts_steps=100, pushoff=1e-2),
+            NudgedElasticBand(
+                potential, force_constant=1.0, image_density=5.0, max_images=20, neb_conv_crit=1e-2
+            ),
+            similarity,
+        )
+        with single_thread():
+            t0 = time.perf_counter()
+            hopping.run(coords, args.steps, conv_crit=LBFGS_GTOL, temperature=temperature)
+            for _ in range(args.cycles):
+                pairs = sampler.select_minima(coords, "ConnectUnconnected", 3)
+                if not pairs:
+                    break
+                sampler.run_connection_attempts(pairs)
+            wall = time.perf_counter() - t0
+        minima_coords = [ktn.G.nodes[i]["coords"] for i in range(ktn.n_minima)]
+        records = [(data["coords"], a, b) for a, b, data in ktn.G.edges(data=True)]
+        results[f"topsearch 0.0.3 BasinHopping + {args.cycles} ConnectUnconnected cycles"] = (
+            wall,
+            _score(reference, minima_coords, records),
+        )
+    land = Landscape(X, y, hidden=4, weight_decay=1e-3, seed=0)
+    t0 = time.perf_counter()
+    land.explore(args.steps, temperature=temperature, step_size=step, progress=False)
+    land.connect(progress=False)
+    wall = time.perf_counter() - t0
+    minima = land.minima
+    index = {m.id: k for k, m in enumerate(minima)}
+    records = [(t.coords, index[t.minimum1], index[t.minimum2]) for t in land.transition_states]
+    results = {
+        "hessview `explore()` + `connect()`": (wall, _score(land, [m.coords for m in minima], records)),
+        **results,
+    }
+    print(f"topsearch: {status}\n")
+    print(
+        "| tool | wall s | minima reported | distinct minima | transition states | first-order saddles "
+        "| connected sets of distinct minima (sizes) | set of the lowest minimum |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (wall, r) in results.items():
+        sets = r["sets"]
+        shown = ", ".join(map(str, sets[:8])) + (", ..." if len(sets) > 8 else "")
+        print(
+            f"| {name} | {wall:.1f} | {r['reported']} | {r['distinct']} | {r['ts']} "
+            f"| {r['verified']}/{r['ts']} "
+            f"| {len(sets)}: {shown} | {r['with_lowest']} of {r['distinct']} (loss {r['lowest']:.6f}) |"
+        )
+    if len(results) == 2:
+        (w0, r0), (w1, r1) = results.values()
+        print(
+            f"\nratios topsearch : hessview: wall time {w1 / w0:.1f}, distinct minima "
+            f"{r1['distinct'] / r0['distinct']:.2f}, verified transition states "
+            f"{r1['verified'] / max(r0['verified'], 1):.2f}, "
+            f"connected sets {len(r1['sets']) / len(r0['sets']):.1f}"
+        )
+
+
 def hvp_benchmark(args) -> None:
     """Time per transition-state search, dense Hessian vs Hessian-vector products, at several sizes."""
     from hessview.landscape.network import RegularisedLoss
@@ -426,12 +622,16 @@ def main():
     parser.add_argument("--cycles", type=int, default=3, help="--connect: topsearch connection cycles")
     parser.add_argument("--large", action="store_true", help="--connect: the 60-point, 12-feature landscape")
     parser.add_argument("--hvp", action="store_true", help="time TS searches, dense Hessian vs HVP")
+    parser.add_argument("--whole", action="store_true", help="whole run (minima + TS + sets) vs topsearch")
     parser.add_argument("--sizes", type=int, nargs="+", default=[6, 20, 44], help="--hvp: hidden widths")
     parser.add_argument("--searches", type=int, default=3, help="--hvp: searches per size")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.hvp:
         hvp_benchmark(args)
+        return
+    if args.whole:
+        whole_benchmark(args)
         return
     if args.connect:
         connect_benchmark(args)

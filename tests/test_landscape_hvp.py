@@ -130,3 +130,15 @@ def test_hvp_transition_states_of_a_network_with_a_thousand_weights(monkeypatch)
             assert gradient_norm < 1e-8 and eigenvalues[0] > 0
             assert m.loss < ts.loss
         assert land.distance(ts.minimum1, ts.minimum2) > 1e-3
+
+
+def test_explorer_shows_an_hvp_landscape_without_harmonic_occupations():
+    from hessview.widgets.landscape_explorer import LandscapeExplorer
+
+    X, y = xor(30, 4)
+    land = Landscape(X, y, hidden=4, weight_decay=1e-2, seed=1, hessian="hvp")
+    land.explore(n_steps=4, progress=False)
+    land.connect(max_attempts=2, progress=False)
+    explorer = LandscapeExplorer(land, X_test=X, y_test=y)
+    assert "n/a (landscape built with hessian=&#x27;hvp&#x27;" in explorer.stats.value  # escaped text
+    assert f"{land.global_minimum.loss:.6g}" in explorer.stats.value

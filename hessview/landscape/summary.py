@@ -168,7 +168,10 @@ class LandscapeSummary:
         records = {
             m.id: MinimumSummary(m.id, float(m.loss), float(m.eigenvalues[0]), int(m.hits)) for m in minima
         }
-        occupation = landscape.occupation_probabilities(temperature)
+        if all(np.isfinite(m.log_product) for m in minima):
+            occupation = landscape.occupation_probabilities(temperature)
+        else:  # hessian="hvp": only the lowest eigenvalues are known, no harmonic occupations
+            occupation = {m.id: float("nan") for m in minima}
         accuracy = None
         if X_test is not None:
             accuracy = {m.id: float(landscape.accuracy(X_test, y_test, m)) for m in minima}

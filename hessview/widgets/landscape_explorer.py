@@ -412,6 +412,12 @@ class LandscapeExplorer(widgets.VBox):
             f"global minimum (run connect()):<ul>{items}</ul></small>"
         )
 
+    def _occupation_text(self, members) -> str:
+        total = sum(self.occupation[m] for m in members)
+        if np.isfinite(total):
+            return f"{total:.3g}"
+        return "n/a (landscape built with hessian='hvp': no full Hessian spectrum)"
+
     def _stats_html(self, minimum_id: int, conserved: BasinSummary) -> str:
         record = self.records[minimum_id]
         members = conserved.minimum_ids
@@ -429,7 +435,7 @@ class LandscapeExplorer(widgets.VBox):
             ),
             (
                 f"basin occupation at T={self.temperature:g}",
-                f"{sum(self.occupation[m] for m in members):.3g}",
+                self._occupation_text(members),
             ),
         ]
         if self.accuracy is not None:

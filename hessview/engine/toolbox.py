@@ -698,8 +698,9 @@ class HessianToolbox(GroundTruthMixin):
         if self.n_damped_ > len(self.eigenvalues) // 2:
             lines.append(
                 f"  damping dominates   delta > |lambda| along {self.n_damped_} of {len(self.eigenvalues)} "
-                "eigenvectors: along those (C + delta I)^-1 ~ I / delta, so influence there measures "
-                "gradient similarity; compare with influence_stability() before trusting rankings"
+                "eigenvectors: along those (C + delta I)^-1 is within a factor 2 of I / delta, so influence "
+                "there leans toward gradient similarity; compare with influence_stability() before trusting "
+                "rankings"
             )
         if self.method != "exact" or self.curvature != "hessian":
             lines.append(f"  method              {self.method_}: {self.method_reason_}")

@@ -319,8 +319,9 @@ class DetailView:
         flagged = bool(r.extrapolation_flag[index])
         if flagged:
             verdict = (
-                "Extrapolation: this input lies outside what the training data constrain, "
-                "so do not trust this prediction without checking."
+                "Extrapolation: the training data do not constrain the model's prediction here (an input "
+                "unlike the training data, or one the model is unsure about), so do not trust it without "
+                "checking."
             )
             colour = EXTRAPOLATION
         else:

@@ -172,7 +172,8 @@ def how_to_read(results: ExplorerResults, gallery_words: str) -> str:
         "below zero pushed the other way. Large |influence| = the model relies on that point.",
         f"<b>Look at the examples</b> at the bottom: the most helpful and most harmful training points, "
         f"{gallery_words}. Helpful ones usually resemble the test point; a harmful one that looks like "
-        "the wrong phase for its label points to a labelling or data problem.",
+        "the wrong phase for its label points to a labelling or data problem (except next to a phase "
+        "transition, where states of both labels look alike).",
         "<b>Health check:</b> the Hessian spectrum. Many negative eigenvalues mean the model is not at a "
         "minimum, and every number here is then less reliable.",
     ]

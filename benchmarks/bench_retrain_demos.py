@@ -146,8 +146,7 @@ def tune_shipped(name: str, commit: str) -> None:
         "tuned_damping": {**tuned, "commit": commit, "seconds": round(seconds, 1)},
         "damping": tuned["damping"],
     }
-    record.pop("sha256")
-    ship_weights(name, demo.model, record)
+    ship_weights(name, demo.model, record)  # writes the file's SHA-256 into the record anew
     print(f"{name}: tuned damping {tuned['damping']:.3g}, hold-out LDS {tuned['tuned_lds']:.3f}", flush=True)
     print(tuned["reason"], flush=True)
 

@@ -315,14 +315,13 @@ def _verify(folder: Path, name: str, settings: dict) -> dict:
     if meta["settings"] != settings:
         raise CacheError(folder, "was built with other settings", remedy, kind="stale")
     built = meta["report"].get("shipped") if isinstance(meta["report"], dict) else None
-    if built is not None and built != _shipped_summary(name, settings):
+    if built is not None and built != _shipped_summary(shipped_record(name), settings):
         raise CacheError(folder, "was built with other shipped weights or damping", remedy, kind="stale")
     return meta
 
 
-def _shipped_summary(name: str, settings: dict) -> dict | None:
-    """Which shipped weights and tuned damping a build with ``settings`` uses (None: none shipped)."""
-    record = shipped_record(name)
+def _shipped_summary(record: dict | None, settings: dict) -> dict | None:
+    """Which shipped weights and tuned damping (``record``) a build with ``settings`` uses (None: none)."""
     if record is None or record["settings"] != settings:
         return None
     return {"sha256": record["sha256"], "tuned_damping": (record.get("tuned_damping") or {}).get("damping")}
@@ -455,7 +454,7 @@ def _fit(name, X, y, settings, progress, retrain):
         model.load_state_dict(load_shipped_weights(name))
         model.eval()
         weights = "shipped"
-        shipped = _shipped_summary(name, settings)
+        shipped = _shipped_summary(record, settings)
     else:
         if progress and not retrain:
             print(f"hessview: no shipped weights for the {name!r} demo with these settings; training it")
@@ -475,7 +474,7 @@ def _fit(name, X, y, settings, progress, retrain):
     toolbox = HessianToolbox(model, X, y, weight_decay=settings["weight_decay"], progress=progress).fit()
     arguments = tuning_arguments(toolbox.n_train)
     tuned = record.get("tuned_damping") if weights == "shipped" else None
-    if tuned is not None and tuned.get("arguments") == arguments:
+    if tuned is not None and tuned.get("arguments") == arguments:  # else: made for other arguments
         apply_tuned_damping(toolbox, tuned)
     elif retrain:  # weights made again (``hessview build --retrain``): tune their damping too (minutes)
         toolbox.tune_damping(**arguments, max_seconds=3600.0)

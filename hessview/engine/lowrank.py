@@ -37,6 +37,7 @@ def top_eigenpairs(
     rank: int,
     *,
     dtype: torch.dtype = torch.float64,
+    device: torch.device | str = "cpu",
     tol: float = 1e-6,
     seed: int = 0,
     krylov_dim: int | None = None,
@@ -44,7 +45,8 @@ def top_eigenpairs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``rank`` eigenpairs of largest :math:`|\\lambda|` of a symmetric operator given by ``matvec``.
 
-    Returns eigenvalues in ascending order and the eigenvectors as columns ``(P, rank)``; the Lanczos
+    Returns eigenvalues in ascending order and the eigenvectors as columns ``(P, rank)``, on ``device``
+    (where ``matvec`` takes and returns its vectors; ARPACK itself runs on the CPU); the Lanczos
     start vector is drawn from ``seed``. ``krylov_dim`` is ARPACK's ``ncv``, the Lanczos vectors kept
     between restarts; the default ``min(P, max(4 rank, 20))`` needs fewer products than ARPACK's
     ``max(2 rank + 1, 20)`` when the wanted eigenvalues reach into the spectrum's bulk: for the top 10 of
@@ -68,7 +70,7 @@ def top_eigenpairs(
 
     def apply(x: np.ndarray) -> np.ndarray:
         bar.update(1)
-        v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1)).to(dtype)
+        v = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1)).to(device, dtype)
         return matvec(v).detach().cpu().to(torch.float64).numpy()
 
     operator = LinearOperator((n_params, n_params), matvec=apply, dtype=np.float64)
@@ -83,4 +85,5 @@ def top_eigenpairs(
     finally:
         bar.close()
     order = np.argsort(lam)
-    return torch.from_numpy(lam[order]).to(dtype), torch.from_numpy(V[:, order]).to(dtype).contiguous()
+    V = torch.from_numpy(V[:, order]).to(device, dtype).contiguous()
+    return torch.from_numpy(lam[order]).to(device, dtype), V

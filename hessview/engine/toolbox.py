@@ -513,6 +513,7 @@ class HessianToolbox(GroundTruthMixin):
             self.n_params,
             self.rank,
             dtype=self.dtype,
+            device=self.theta.device,
             tol=self.lanczos_tol,
             progress=self.progress,
         )

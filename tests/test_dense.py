@@ -58,8 +58,8 @@ CASES = {
 }
 
 
-def make_case(name, seed=0):
-    factory, shape, loss = CASES[name]
+def make_case(name, seed=0, cases=CASES):
+    factory, shape, loss = cases[name]
     torch.manual_seed(seed)
     model = factory().double()
     X = torch.randn(*shape, dtype=torch.float64)
@@ -128,10 +128,134 @@ def assert_relative(actual, expected, rtol=1e-12):
 def test_block_row_hessian_equals_autograd(name):
     model, X, y, loss = make_case(name)
     flat = FlatModel(model, torch.float64)
-    H = dense_hessian(flat, lambda out, t: plain_loss(loss, out, t) / 7, X, y, row_chunk=4)
+    H = dense_hessian(flat, lambda out, t: plain_loss(loss, out, t) / 7, X, y, row_chunk=4, input_layer=False)
     expected = autograd_hessian(model, X, y, loss, scale=1 / 7)
     assert_relative(H, expected)
     assert torch.equal(H, H.T)
+
+
+class Images(nn.Module):
+    """Flatten, then an MLP: the input layer sees the flattened image."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(9, 4, bias=bias), nn.Softplus(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def frozen_bias_mlp():
+    model = mlp(nn.Tanh(), 3)
+    model[0].bias.requires_grad_(False)
+    return model
+
+
+INPUT_LAYER_CASES = {
+    "tanh-mlp-ce": (lambda: mlp(nn.Tanh(), 3), (20, 4), "cross_entropy"),
+    "softplus-mlp-mse": (lambda: mlp(nn.Softplus(), 2), (20, 4), "mse"),
+    "flatten-images-ce": (Images, (15, 1, 3, 3), "cross_entropy"),
+    "no-bias-images-mse": (lambda: Images(bias=False), (15, 1, 3, 3), "mse"),
+    "frozen-bias-ce": (frozen_bias_mlp, (20, 4), "cross_entropy"),
+    "logistic-regression": (lambda: nn.Linear(4, 3), (20, 4), "cross_entropy"),
+}
+
+
+def fail_block_rows(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("block rows used")
+
+    monkeypatch.setattr(hessview.engine.dense._BlockRows, "rows", refuse)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", INPUT_LAYER_CASES)
+def test_input_layer_hessian_equals_autograd_without_block_rows(name, device, monkeypatch):
+    model, X, y, loss = make_case(name, cases=INPUT_LAYER_CASES)
+    expected = autograd_hessian(model, X, y, loss, scale=1 / 7)
+    model, X, y = model.to(device), X.to(device), y.to(device)
+    flat = FlatModel(model, torch.float64)
+    fail_block_rows(monkeypatch)
+    H = dense_hessian(flat, lambda out, t: plain_loss(loss, out, t) / 7, X, y)
+    assert H.device.type == device
+    H = H.cpu()
+    assert_relative(H, expected)
+    assert torch.equal(H, H.T)
+    # passes of 2 samples and 3 tangents give the same matrix
+    small = dense_hessian(
+        flat, lambda out, t: plain_loss(loss, out, t) / 7, X, y, row_chunk=3, pass_bytes=3 * 2 * 9 * 8
+    )
+    assert_relative(small.cpu(), H, rtol=1e-13)
+
+
+class BatchCentred(nn.Module):
+    """Pre-activations centred over the batch: samples interact, so the input layer's form does not hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.head = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        a = self.first(x)
+        return self.head(torch.tanh(a - a.mean(dim=0)))
+
+
+class Scales(nn.Module):
+    """Holds a parameter that the parent applies to the input before the input layer (never called)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 2.0, 4))
+
+
+class ScaledFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.head, self.pre = nn.Linear(4, 5), nn.Linear(5, 3), Scales()
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.first(x * self.pre.scale)))
+
+
+@pytest.mark.parametrize("factory", [BatchCentred, ScaledFirst])
+def test_input_layer_form_is_checked_and_block_rows_take_over_when_it_does_not_hold(factory):
+    torch.manual_seed(0)
+    model = factory().double()
+    X, y = torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 3, (12,))
+    flat = FlatModel(model, torch.float64)
+
+    def loss_sum(out, t):
+        return plain_loss("cross_entropy", out, t)
+
+    expected = autograd_hessian(model, X, y, "cross_entropy")
+    groups = parameter_groups(flat)
+    layer = hessview.engine.dense._InputLinear.probe(flat, loss_sum, X, groups)
+    assert layer is not None  # the layer qualifies by its structure ...
+    wrong = layer.hessian(X, y, row_chunk=128, pass_bytes=1e7)
+    assert float((wrong - expected).abs().max()) > 1e-3 * float(expected.abs().max())  # ... but is wrong
+    assert not hessview.engine.dense.hessian_agrees(flat, loss_sum, X, y, wrong, samples=5)
+    assert_relative(dense_hessian(flat, loss_sum, X, y), expected)
+
+
+def test_input_layer_is_not_used_for_a_layer_called_twice_or_after_a_parameterised_module(monkeypatch):
+    flat = FlatModel(HeadFirst(), torch.float64)  # head registered first, but called last
+    X = torch.randn(6, 3, dtype=torch.float64)
+    groups = parameter_groups(flat)
+    assert hessview.engine.dense._InputLinear.probe(flat, lambda o, t: o.sum(), X, groups) is None
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.first(torch.tanh(self.first(x)))
+
+    flat = FlatModel(Twice(), torch.float64)
+    assert hessview.engine.dense._InputLinear.probe(flat, lambda o, t: o.sum(), X, groups[:1]) is None
 
 
 @pytest.mark.parametrize("name", ["tanh-mlp-ce", "pool-cnn-mse", "head-first-ce"])

@@ -15,6 +15,22 @@ the backward pass stops there, so the rows of early layers, whose activations ar
 work and the rows of the head almost none. Row :math:`i` of a product-by-product Hessian instead pays a
 full forward tangent and a full backward pass through every layer for every :math:`i`.
 
+**Input layer.** When the first parameter group is an ``nn.Linear`` applied once to an input that no
+parameter acts on (an MLP's first layer, after ``nn.Flatten`` or not), the loss depends on its weights
+only through the per-sample pre-activations :math:`a_s = W \\tilde x_s` (:math:`\\tilde x_s = (x_s, 1)`
+with a bias), so with :math:`\\ell_s` the sample's loss and :math:`\\phi` the later parameters
+
+.. math:: H_{WW} = \\sum_s (\\tilde x_s \\tilde x_s^T) \\otimes \\partial^2_{a_s a_s} \\ell_s, \\qquad
+          H_{W\\phi} = \\sum_s \\tilde x_s \\otimes \\partial^2_{a_s \\phi} \\ell_s,
+
+exact (the Kronecker structure of a linear layer's curvature, as in Martens & Grosse, ICML 2015, without
+their approximation: nothing is averaged before the product). The second derivatives in :math:`a_s` come
+from ``h + P_phi`` products of the network after the layer (``h`` its outputs), instead of ``h (d + 1)``
+products of the whole network: on the 64-7-10 digits MLP 87 instead of 535, 3.6x less time for the
+Hessian. It assumes samples do not interact (no batch statistics in the forward pass): one Hessian-vector
+product of the whole objective with a seeded random vector checks the result, and the block rows are used
+when it disagrees or when the layer does not qualify.
+
 **GGN.** :math:`G = \\sum_j J_j^T H^{out}_j J_j` (scaled) is one matrix product of the per-sample output
 Jacobians :math:`J_j` (``torch.func.jacrev``, vmapped over samples) with the output Hessian applied to
 them (the :class:`~hessview.engine.losses.Loss` object's ``output_hessian_product``): the work of
@@ -26,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vmap
 from tqdm.auto import tqdm
 
@@ -148,6 +165,167 @@ class _BlockRows:
         return vmap(product)(V).detach()
 
 
+class _InputLinear:
+    """The first parameter group when it is an ``nn.Linear`` fed by the model's input (module docstring).
+
+    :meth:`probe` returns ``None`` when the layer does not qualify: not ``nn.Linear``'s own forward, group
+    other than its weight (and bias), not called exactly once, a parameterised module called before it, or
+    an input that is not ``(n, d)``.
+    """
+
+    def __init__(self, flat: FlatModel, loss_sum: Callable, layer: nn.Linear, stop: int):
+        self.flat, self.loss_sum, self.layer, self.stop = flat, loss_sum, layer, stop
+        self.own = sum(flat.numels[:stop])  # the layer's trainable entries lead theta
+        self.bias = stop == 2  # a trainable bias (a frozen one is part of the fixed pre-activation)
+        pieces = torch.split(flat.theta, flat.numels)
+        self.params = {
+            name: piece.view(shape)
+            for name, piece, shape in zip(flat.names, pieces, flat.shapes, strict=True)
+        }
+        self.params.update(flat.fixed)
+        self.tail = flat.theta[self.own :]
+
+    @classmethod
+    def probe(cls, flat: FlatModel, loss_sum: Callable, X: torch.Tensor, groups: list[tuple[int, int]]):
+        first, stop = groups[0]
+        owner = flat.names[first].rpartition(".")[0]
+        layer = flat.module.get_submodule(owner)
+        if type(layer).forward is not nn.Linear.forward:
+            return None
+        prefix = f"{owner}." if owner else ""
+        expected = [f"{prefix}weight"] + ([f"{prefix}bias"] if layer.bias is not None else [])
+        if flat.names[first:stop] not in (expected, expected[:1]):
+            return None
+        calls: list[str] = []
+        owners = {name.rpartition(".")[0] for name in flat.names}
+        handles = [
+            module.register_forward_pre_hook(lambda m, a, name=name: calls.append(name))
+            for name, module in flat.module.named_modules()
+            if name in owners
+        ]
+        seen: list[torch.Tensor] = []
+        handles.append(layer.register_forward_pre_hook(lambda m, args: seen.append(args[0])))
+        try:
+            with torch.no_grad():
+                flat(flat.theta, X[:2])
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(seen) != 1 or not calls or calls[0] != owner or calls.count(owner) != 1:
+            return None
+        if seen[0].dim() != 2 or seen[0].shape[0] != min(2, X.shape[0]):
+            return None
+        return cls(flat, loss_sum, layer, stop)
+
+    def inputs(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's inputs ``x_s`` (with a column of ones for a trainable bias) and outputs ``a_s``."""
+        seen: list[torch.Tensor] = []
+        handle = self.layer.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+        try:
+            with torch.no_grad():
+                functional_call(self.flat.module, self.params, (X,))
+        finally:
+            handle.remove()
+        x, a = seen[0]
+        if self.bias:
+            x = torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+        return x.detach(), a.detach()
+
+    def _objective(self, a, tail, X, y):
+        """The loss with the layer's output replaced by ``a`` and the later parameters by ``tail``."""
+        numels = self.flat.numels[self.stop :]
+        pieces = torch.split(tail, numels) if numels else []
+        params = dict(self.params)
+        for i, piece in zip(range(self.stop, len(self.flat.names)), pieces, strict=True):
+            params[self.flat.names[i]] = piece.view(self.flat.shapes[i])
+        handle = self.layer.register_forward_hook(lambda m, args, out: a)
+        try:
+            return self.loss_sum(functional_call(self.flat.module, params, (X,)), y)
+        finally:
+            handle.remove()
+
+    def products(self, Ta, Tt, a, X, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """Second derivatives of the objective in ``(a, tail)`` applied to tangents ``(Ta[k], Tt[k])``."""
+        gradient = grad(self._objective, argnums=(0, 1))
+
+        def product(ta, tt):
+            return jvp(lambda a_, t_: gradient(a_, t_, X, y), (a, self.tail), (ta, tt))[1]
+
+        da, dt = vmap(product)(Ta, Tt)
+        return da.detach(), dt.detach()
+
+    def hessian(self, X, y, *, row_chunk: int, pass_bytes: float) -> torch.Tensor:
+        """The exact ``P x P`` Hessian (module docstring), from ``h + P_phi`` products per sample pass."""
+        flat, theta = self.flat, self.flat.theta
+        P, n, tail = flat.n_params, X.shape[0], self.tail.numel()
+        h = self.layer.out_features
+        x_all, a_all = self.inputs(X)
+        e = x_all.shape[1]  # inputs per output, with the bias column
+        k_total = h + tail  # tangents: the h columns of a (every sample at once), then the tail's units
+        width = max(h, max(activation_widths(flat, X[0], parameter_groups(flat))[1:] + [h]))
+        upper = torch.triu_indices(e, e, device=theta.device)  # (j, l) pairs, j <= l: x_s x_s^T is symmetric
+        Hxx = theta.new_zeros((upper.shape[1], h * h))  # sum_s (x_s x_s^T)_jl (d2 l_s / da_s da_s)_ik
+        cross = theta.new_zeros((tail, h, e))  # sum_s d2 l_s / dphi da_s x_s^T
+        Htt = theta.new_zeros((tail, tail))
+        for i in range(0, k_total, row_chunk):
+            ks = torch.arange(i, min(i + row_chunk, k_total), device=theta.device)
+            samples = even_size(n, max(1, int(pass_bytes // (len(ks) * width * theta.element_size()))))
+            Tt = theta.new_zeros((len(ks), tail))
+            rows = ks >= h
+            Tt[rows.nonzero().squeeze(1), ks[rows] - h] = 1
+            for j in range(0, n, samples):
+                x, a = x_all[j : j + samples], a_all[j : j + samples]
+                Ta = a.new_zeros((len(ks), *a.shape))
+                Ta[(~rows).nonzero().squeeze(1), :, ks[~rows]] = 1
+                da, dt = self.products(Ta, Tt, a, X[j : j + samples], y[j : j + samples])
+                if (~rows).any():  # da[k, s, :] = d2 l_s / da_s da_s,k for the a-columns k
+                    block = da[~rows].permute(1, 2, 0).reshape(len(x), -1)  # (s, h h) with k inner
+                    columns = (
+                        torch.arange(h, device=theta.device)[:, None] * h + ks[~rows][None, :]
+                    ).reshape(-1)
+                    Hxx[:, columns] += (x[:, upper[0]] * x[:, upper[1]]).T @ block  # j <= l only
+                if rows.any():
+                    cross[ks[rows] - h] += torch.einsum("ksi,sj->kij", da[rows], x)
+                    Htt[ks[rows] - h] += dt[rows]
+        # order the layer's entries as theta does: W[i, j] at i * d + j, then b[i]
+        d = e - 1 if self.bias else e
+        order = [i * e + j for i in range(h) for j in range(d)] + (
+            [i * e + d for i in range(h)] if self.bias else []
+        )
+        order = torch.tensor(order, device=theta.device)
+        full = theta.new_zeros((e, e, h * h))
+        full[upper[0], upper[1]] = Hxx
+        full[upper[1], upper[0]] = Hxx
+        WW = full.reshape(e, e, h, h).permute(2, 0, 3, 1).reshape(h * e, h * e)[order][:, order]
+        H = theta.new_zeros((P, P))
+        H[: self.own, : self.own] = (WW + WW.T) / 2
+        Wt = cross.reshape(tail, h * e)[:, order]
+        H[self.own :, : self.own] = Wt
+        H[: self.own, self.own :] = Wt.T
+        H[self.own :, self.own :] = (Htt + Htt.T) / 2
+        return H
+
+
+def hessian_agrees(
+    flat: FlatModel, loss_sum: Callable, X, y, H: torch.Tensor, *, samples: int, seed: int = 0
+) -> bool:
+    """Whether ``H v`` equals the whole objective's Hessian-vector product for a seeded random ``v``.
+
+    Forward over reverse, ``samples`` samples per pass (one vector); agreement to ``max(1e-9, 1e3 eps)``
+    of :math:`\\|H\\|_F \\|v\\|`, far below any missing term's size and far above rounding.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(flat.n_params, generator=generator, dtype=flat.theta.dtype).to(flat.theta.device)
+    product = torch.zeros_like(v)
+    for j in range(0, X.shape[0], samples):
+        Xj, yj = X[j : j + samples], y[j : j + samples]
+        gradient = grad(lambda t, Xj=Xj, yj=yj: loss_sum(flat(t, Xj), yj))
+        product += jvp(gradient, (flat.theta,), (v,))[1].detach()
+    error = float(torch.linalg.vector_norm(H @ v - product))
+    tolerance = max(1e-9, 1e3 * torch.finfo(flat.theta.dtype).eps)
+    return error <= tolerance * float(torch.linalg.matrix_norm(H) * torch.linalg.vector_norm(v))
+
+
 def dense_hessian(
     flat: FlatModel,
     loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -157,6 +335,7 @@ def dense_hessian(
     row_chunk: int = 128,
     pass_bytes: float = HESSIAN_PASS_BYTES,
     progress: bool = False,
+    input_layer: bool = True,
 ) -> torch.Tensor:
     """Exact Hessian of ``loss_sum(flat(theta, X), y)`` in ``theta``, block row by block row.
 
@@ -169,6 +348,8 @@ def dense_hessian(
         pass_bytes: vectors x samples x activation width x itemsize per pass (sets the samples per pass;
             the width is :func:`activation_widths`'s).
         progress: show a progress bar over block rows.
+        input_layer: use the Kronecker form of an input ``nn.Linear`` when the model has one (module
+            docstring; checked by a Hessian-vector product); ``False``: block rows only.
 
     Returns:
         The symmetric ``P x P`` Hessian: block rows :math:`H_{a, \\geq a}` computed, the rest mirrored,
@@ -190,6 +371,14 @@ def dense_hessian(
         return H
     row_chunk = max(1, int(row_chunk))
     groups = parameter_groups(flat)
+    layer = _InputLinear.probe(flat, loss_sum, X, groups) if input_layer else None
+    if layer is not None:
+        H = layer.hessian(X, y, row_chunk=row_chunk, pass_bytes=pass_bytes)
+        widest = max(activation_widths(flat, X[0], groups))
+        samples = even_size(n, max(1, int(pass_bytes // (widest * flat.theta.element_size()))))
+        if hessian_agrees(flat, loss_sum, X, y, H, samples=samples):
+            return H
+        H.zero_()  # samples interact, or a parameter acts before the layer: block rows, exact for any model
     widths = activation_widths(flat, X[0], groups)
     bar = tqdm(groups, desc="Hessian block rows", disable=not progress or len(groups) == 1, leave=False)
     for (first, stop), width in zip(bar, widths, strict=True):

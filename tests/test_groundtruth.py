@@ -434,6 +434,30 @@ def test_a_tuned_damping_is_saved_with_its_scores(mlp, tmp_path):
     assert loaded.damping_reason_ == tuned.damping_reason_
 
 
+def test_set_damping_after_tuning_says_what_was_tuned_and_returns_to_it(mlp, tmp_path):
+    """Another damping clears tuned_lds_ and names the tuned value; the tuned value restores everything."""
+    model, X, y, X_test, y_test = mlp
+    tb = HessianToolbox(model, X, y, weight_decay=WD_MLP, progress=False).fit().tune_damping(n_subsets=6)
+    tuned = tb.damping_, tb.tuned_lds_, tb.damping_reason_, dict(tb.damping_scores_)
+    influence = tb.influence(X_test, y_test)
+    other = tuned[0] + 0.05
+    tb.set_damping(other)
+    assert tb.damping_ == other and tb.tuned_lds_ is None
+    assert not tb.damping_reason_.startswith("tuned")
+    assert f"tune_damping chose {tuned[0]:.3g}" in tb.damping_reason_
+    assert tb.damping_scores_ == tuned[3]  # the tuning's record is still there
+    # saved at the other damping, loaded, then back to the tuned value: all of it comes back
+    loaded = HessianToolbox.load(tb.save(tmp_path / "other.safetensors"), model, progress=False)
+    for toolbox in (tb, loaded):
+        assert toolbox.damping_ == other and toolbox.tuned_lds_ is None
+        toolbox.set_damping(tuned[0])
+        assert (toolbox.damping_, toolbox.tuned_lds_, toolbox.damping_reason_) == tuned[:3]
+        np.testing.assert_array_equal(toolbox.influence(X_test, y_test), influence)
+    tb.fit()  # a new fit forgets the tuning: its damping is the constructor's again
+    assert tb.tuned_lds_ is None and tb.damping_scores_ == {}
+    assert not tb.damping_reason_.startswith("tuned")
+
+
 def test_lds_and_tune_damping_with_a_low_rank_toolbox(logistic):
     """A low-rank inverse (top 4 of 10 pairs; it warns that the complement is misrepresented): same path."""
     _, model, X, y, X_test, y_test = logistic

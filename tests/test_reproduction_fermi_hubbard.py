@@ -123,13 +123,13 @@ def test_at_the_minimum_the_cdw_states_next_to_the_transition_help_deep_ll_test_
 def test_ll_test_points_rest_on_the_last_ll_and_against_the_first_cdw_training_points(full):
     demo, p_cdw, _ = full
     tb = demo.toolbox
-    shipped = tb.damping_, tb.damping_reason_
+    shipped = tb.damping_, tb.damping_reason_, tb.tuned_lds_
     tb.set_damping(previous_release_damping(tb))  # strongly damped influence: see previous_release_damping
     try:
         influence = tb.influence(demo.X_test, demo.y_test)
     finally:
         tb.set_damping(shipped[0])
-        tb.damping_reason_ = shipped[1]
+    assert (tb.damping_, tb.damping_reason_, tb.tuned_lds_) == shipped  # the shared demo is as shipped
     train_V1, train_y = demo.train_x, demo.toolbox.y_train.numpy()
     last_ll = np.sort(train_V1[train_y == 0])[-50]  # the 50 LL-labelled points closest to V1 = 1
     first_cdw = np.sort(train_V1[train_y == 1])[49]  # the 50 CDW-labelled points closest to V1 = 1

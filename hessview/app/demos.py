@@ -131,9 +131,11 @@ def apply_tuned_damping(toolbox: HessianToolbox, record: dict) -> HessianToolbox
             f"the shipped tuned damping was made with {record.get('arguments')}, not {arguments}"
         )
     toolbox.set_damping(float(record["damping"]))
-    toolbox.damping_scores_ = {float(d): float(s) for d, s in record["scores"]}
-    toolbox.tuned_lds_ = float(record["tuned_lds"])
-    toolbox.damping_reason_ = f"{record['reason']} (tuned when the weights were made; shipped with them)"
+    toolbox._record_tuning(
+        {float(d): float(s) for d, s in record["scores"]},
+        float(record["tuned_lds"]),
+        f"{record['reason']} (tuned when the weights were made; shipped with them)",
+    )
     return toolbox
 
 

@@ -388,6 +388,7 @@ class HessianToolbox(GroundTruthMixin):
         else:
             self._fit_lowrank()
         self._fitted = True
+        self._forget_tuning()
         self._spectrum_facts()
         self._stationarity()
         setting = "auto" if self.damping == "tuned" else self.damping
@@ -411,7 +412,37 @@ class HessianToolbox(GroundTruthMixin):
         _check_damping(damping)
         self.damping = damping
         self._use_damping(damping, warn=True)
+        self._note_tuning()
         return self
+
+    def _record_tuning(self, scores: dict, tuned_lds: float, reason: str) -> None:
+        """Keep what damping tuning chose (the current ``damping_``), its hold-out scores and its reason.
+
+        ``damping_scores_`` (grid value -> hold-out LDS) describes the tuning and stays; ``tuned_lds_`` and
+        the reason describe the current damping, so :meth:`set_damping` clears the one and annotates the
+        other when another value is set, and restores both when the tuned value is set again.
+        """
+        self.damping_scores_ = {float(d): float(v) for d, v in scores.items()}
+        self.tuned_lds_ = float(tuned_lds)
+        self.damping_reason_ = reason
+        self._tuning = (float(self.damping_), self.tuned_lds_, reason)
+
+    def _forget_tuning(self) -> None:
+        self._tuning, self.tuned_lds_, self.damping_scores_ = None, None, {}
+
+    def _note_tuning(self) -> None:
+        tuning = getattr(self, "_tuning", None)
+        if tuning is None:
+            return
+        damping, lds, reason = tuning
+        if self.damping_ == damping:
+            self.tuned_lds_, self.damping_reason_ = lds, reason
+        else:
+            self.tuned_lds_ = None
+            self.damping_reason_ += (
+                f" (tune_damping chose {damping:.3g}, hold-out LDS {lds:.4f}; set_damping({damping!r}) "
+                "returns to it)"
+            )
 
     def _choose_method(self) -> tuple[str, str]:
         if self.method == "exact":
@@ -1132,6 +1163,7 @@ class HessianToolbox(GroundTruthMixin):
                 "damping_scores": [
                     [float(d), float(v)] for d, v in getattr(self, "damping_scores_", {}).items()
                 ],
+                "tuning": getattr(self, "_tuning", None),
             },
             "model_fingerprint": self.flat.fingerprint(),
             "data_fingerprint": self.data_fingerprint(),
@@ -1233,10 +1265,14 @@ class HessianToolbox(GroundTruthMixin):
             raise CorruptCacheError(f"{path} is corrupt: its training data do not match its fingerprint")
         toolbox._restore(path, tensors, device, method_, method_reason, fitted.get("damping"))
         toolbox.n_screened_, toolbox.screening_residual_ = n_screened, residual
-        if fitted.get("damping_scores"):  # a damping chosen by tune_damping: its scores and reason
+        if fitted.get("damping_scores"):  # tune_damping ran: its scores, what it chose, the current reason
             toolbox.damping_scores_ = {d: v for d, v in fitted["damping_scores"]}
             toolbox.tuned_lds_ = fitted.get("tuned_lds")
             toolbox.damping_reason_ = fitted.get("damping_reason", toolbox.damping_reason_)
+            tuning = fitted.get("tuning")
+            if tuning is None and toolbox.tuned_lds_ is not None:  # saved before the record was kept
+                tuning = (toolbox.damping_, toolbox.tuned_lds_, toolbox.damping_reason_)
+            toolbox._tuning = None if tuning is None else (float(tuning[0]), float(tuning[1]), str(tuning[2]))
         return toolbox
 
     def _restore(self, path, tensors, device, method_, method_reason, damping) -> None:
@@ -1272,6 +1308,7 @@ class HessianToolbox(GroundTruthMixin):
             self._gradient_mean = tensors["gradient_mean"]
             self._sample_gradient_norms = tensors["sample_gradient_norms"]
         self._fitted = True
+        self._forget_tuning()
         self._spectrum_facts()
         self._stationarity()
         if damping is not None and damping != "tuned":

@@ -142,7 +142,9 @@ def tune_damping(
         hold-out LDS), ``tuned_lds_`` (the chosen value's), ``damping_holdout_`` (the hold-out indices),
         ``damping_subsets_`` (``(n_subsets, n_train)`` masks of the points each retraining kept) and
         ``damping_reason_`` naming the score of every grid value. The estimate is printed before the
-        retrainings start.
+        retrainings start. A later ``set_damping`` to another value sets ``tuned_lds_`` to None and
+        names the tuned value in ``damping_reason_``; setting the tuned value again restores both (also
+        after ``save``/``load``); ``fit`` forgets the tuning.
     """
     toolbox._require_fit()
     alpha = check_fraction("alpha", alpha)
@@ -207,14 +209,13 @@ def tune_damping(
     toolbox.set_damping(best)
     listed = ", ".join(f"{d:.3g}: {s:.4f}" for d, s in scores.items())
     spread = np.nanstd(per_test[best]) / math.sqrt(max(1, np.isfinite(per_test[best]).sum()))
-    toolbox.damping_scores_ = scores
-    toolbox.tuned_lds_ = float(scores[best])
     toolbox.damping_holdout_ = hold
     toolbox.damping_subsets_ = subsets
-    toolbox.damping_reason_ = (
+    reason = (
         f"tuned: delta = {best:.3g} has the best hold-out LDS {scores[best]:.4f} (+- {spread:.2g} standard "
         f"error over {n_hold} hold-out training points; {n_subsets} retrainings on {int(subsets[0].sum())} "
         f"points, alpha = {alpha:g} of the other {rest.size}, measurement {measurement!r}, seed {seed}). "
         f"Hold-out LDS per damping: {listed}"
     )
+    toolbox._record_tuning(scores, scores[best], reason)
     return toolbox

@@ -6,6 +6,7 @@ import torch
 
 from hessview.engine.errors import ApproximationWarning
 from hessview.landscape import Landscape
+from hessview.landscape.database import DatabaseError
 from hessview.landscape.network import RegularisedLoss, TanhNetwork
 
 
@@ -142,3 +143,19 @@ def test_explorer_shows_an_hvp_landscape_without_harmonic_occupations():
     explorer = LandscapeExplorer(land, X_test=X, y_test=y)
     assert "n/a (landscape built with hessian=&#x27;hvp&#x27;" in explorer.stats.value  # escaped text
     assert f"{land.global_minimum.loss:.6g}" in explorer.stats.value
+
+
+def test_a_database_is_not_reopened_in_the_other_hessian_mode(tmp_path):
+    """HVP points hold only the lowest eigenvalues: mixing them with dense ones would mix spectra."""
+    X, y = xor(30, 4)
+    for made, other in (("hvp", "dense"), ("dense", "hvp")):
+        path = tmp_path / f"{made}.sqlite"
+        land = Landscape(X, y, hidden=4, weight_decay=1e-2, seed=1, hessian=made, db=path)
+        land.explore(n_steps=2, progress=False)
+        stored = len(land.minima)
+        land.db.close()
+        with pytest.raises(DatabaseError, match="Hessian mode"):
+            Landscape(X, y, hidden=4, weight_decay=1e-2, seed=1, hessian=other, db=path)
+        again = Landscape(X, y, hidden=4, weight_decay=1e-2, seed=1, hessian=made, db=path)
+        assert len(again.minima) == stored >= 1
+        again.db.close()

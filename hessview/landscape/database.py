@@ -226,7 +226,7 @@ class Database:
         if stored != wanted:
             raise DatabaseError(
                 f"landscape database {self.path} was made for another landscape (other data, network, "
-                f"weight decay or seed): stored {stored}, asked {wanted}; pass another db= path"
+                f"weight decay, seed or Hessian mode): stored {stored}, asked {wanted}; pass another db= path"
             )
 
     def _meta_keys(self) -> set[str]:

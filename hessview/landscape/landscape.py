@@ -197,6 +197,8 @@ class Landscape:
             "seed": self.seed,
             "data_sha256": digest,
         }
+        if self.hessian_mode == "hvp":  # its points hold the lowest eigenvalues only: never mixed with dense
+            meta["hessian"] = "hvp: lowest eigenvalues only, no log products"
         self.db = Database(db, meta)
         self.step_size_: float | None = None
         self._distances: dict[tuple[int, int], float] = {}

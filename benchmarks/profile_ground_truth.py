@@ -3,7 +3,7 @@
 The same models as ``bench_ground_truth.py``. Each step of ``HessianToolbox(...).fit()`` followed by
 ``influence`` is timed (CPU seconds of this process, one thread) by wrapping the engine's own functions;
 medians over ``--repeats`` runs after one warm-up run. Steps: the exact Hessian (block rows of Hessian-vector
-products), per-sample training gradients, the screening of saturated samples, the stationarity check
+products; an input ``nn.Linear`` in Kronecker form, see ``hessview/engine/dense.py``), per-sample training gradients, the screening of saturated samples, the stationarity check
 (Cholesky certificate, the inverse ``(C + delta I)^-1`` and the ``n`` norms ``||(C + delta I)^-1 g_j||``),
 the damping and the influence query; "other" is the rest (input checks, the toolbox object).
 
@@ -30,7 +30,7 @@ from hessview._io import atomic_path
 OUT = Path(__file__).parent / "results" / "ground_truth_profile.md"
 
 STEPS = {  # label -> (owner, attribute)
-    "Hessian (block rows of HVPs)": (distributed.LocalBackend, "map"),
+    "exact Hessian (block rows; an input Linear in Kronecker form)": (distributed.LocalBackend, "map"),
     "per-sample gradients": (toolbox_module, "per_sample_gradients"),
     "screening": (toolbox_module.HessianToolbox, "_saturated"),
     "Cholesky certificate": (toolbox_module.HessianToolbox, "_certified_positive_definite"),

@@ -257,7 +257,7 @@ class _InputLinear:
     def hessian(self, X, y, *, row_chunk: int, pass_bytes: float) -> torch.Tensor:
         """The exact ``P x P`` Hessian (module docstring), from ``h + P_phi`` products per sample pass."""
         flat, theta = self.flat, self.flat.theta
-        P, n, tail = flat.n_params, X.shape[0], self.tail.numel()
+        n, tail = X.shape[0], self.tail.numel()
         h = self.layer.out_features
         x_all, a_all = self.inputs(X)
         e = x_all.shape[1]  # inputs per output, with the bias column
@@ -287,22 +287,38 @@ class _InputLinear:
                 if rows.any():
                     cross[ks[rows] - h] += torch.einsum("ksi,sj->kij", da[rows], x)
                     Htt[ks[rows] - h] += dt[rows]
-        # order the layer's entries as theta does: W[i, j] at i * d + j, then b[i]
+        return self._assemble(Hxx, upper, cross, Htt)
+
+    def _assemble(self, Hxx, upper, cross, Htt) -> torch.Tensor:
+        """The blocks in one ``P x P`` matrix, in theta's order: ``W[i, j]`` at ``i d + j``, then ``b``.
+
+        Straight into the result, through views: no other ``P x P``-sized copy (the memory guard counts
+        the Hessian, its eigenvectors and a workspace).
+        """
+        theta, h, own = self.flat.theta, self.layer.out_features, self.own
+        P, tail, e = theta.numel(), self.tail.numel(), cross.shape[2]
         d = e - 1 if self.bias else e
+        S = Hxx.view(-1, h, h)
+        S = (S + S.transpose(1, 2)) / 2  # the second derivatives in a_s are symmetric in (i, k)
+        J, L = upper  # pairs j <= l of the layer's inputs (index d: the bias column)
+        H = theta.new_zeros((P, P))
+        weights = L < d
+        blocks = H[: h * d, : h * d].view(h, d, h, d).permute(1, 3, 0, 2)  # [j, l, i, k] = H[W_ij, W_kl]
+        blocks[J[weights], L[weights]] = S[weights]
+        blocks[L[weights], J[weights]] = S[weights]
+        if self.bias:
+            with_bias = (L == d) & (J < d)
+            rows = H[h * d : own, : h * d].view(h, h, d).permute(2, 0, 1)  # [l, i, k] = H[b_i, W_kl]
+            rows[J[with_bias]] = S[with_bias]
+            H[: h * d, h * d : own] = H[h * d : own, : h * d].T
+            H[h * d : own, h * d : own] = S[(L == d) & (J == d)][0]
         order = [i * e + j for i in range(h) for j in range(d)] + (
             [i * e + d for i in range(h)] if self.bias else []
         )
-        order = torch.tensor(order, device=theta.device)
-        full = theta.new_zeros((e, e, h * h))
-        full[upper[0], upper[1]] = Hxx
-        full[upper[1], upper[0]] = Hxx
-        WW = full.reshape(e, e, h, h).permute(2, 0, 3, 1).reshape(h * e, h * e)[order][:, order]
-        H = theta.new_zeros((P, P))
-        H[: self.own, : self.own] = (WW + WW.T) / 2
-        Wt = cross.reshape(tail, h * e)[:, order]
-        H[self.own :, : self.own] = Wt
-        H[: self.own, self.own :] = Wt.T
-        H[self.own :, self.own :] = (Htt + Htt.T) / 2
+        W_tail = cross.reshape(tail, h * e)[:, torch.tensor(order, device=theta.device)]
+        H[own:, :own] = W_tail
+        H[:own, own:] = W_tail.T
+        H[own:, own:] = (Htt + Htt.T) / 2
         return H
 
 

@@ -67,6 +67,10 @@ def test_a_minimum_is_fitted_and_queried_without_an_eigendecomposition_and_agree
     assert tb.damping_ == 0.0 and tb.n_damped_ == 0 and "positive definite" in tb.damping_reason_
     lam = np.linalg.eigvalsh(H)
     assert lam_min == pytest.approx(lam[0], rel=1e-8) and tb.lambda_max_ == pytest.approx(lam[-1], rel=1e-8)
+    floor = float(tb.damping_reason_.split("lambda_min > P eps ||C||_F = ")[1].split(",")[0])
+    assert 0 < floor < lam[0] and floor == pytest.approx(
+        len(H) * np.finfo(float).eps * np.linalg.norm(H), rel=0.05
+    )
     assert tb.n_negative_ == 0
     g_test = per_sample_gradients(f, theta, X_test, y_test).numpy()
     expected = g_test @ np.linalg.solve(H, G.T) / len(y)

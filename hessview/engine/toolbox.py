@@ -606,6 +606,7 @@ class HessianToolbox(GroundTruthMixin):
             curvature = self.hessian
             zero = self.n_params * torch.finfo(self.dtype).eps * float(torch.linalg.matrix_norm(curvature))
             self._positive_definite = cholesky_factor(curvature, -2.0 * zero) is not None
+            self._certified_floor = zero  # lambda_min exceeds this when the factor exists
         return self._positive_definite
 
     def _choose_damping(self, setting) -> Damping:
@@ -616,8 +617,8 @@ class HessianToolbox(GroundTruthMixin):
             return Damping(
                 0.0,
                 "the curvature is positive definite (Cholesky factor of C - 2 P eps ||C||_F I exists, so "
-                "lambda_min exceeds the numerical zero): no damping, so influence estimates leave-one-out "
-                "retraining (Koh & Liang 2017)",
+                f"lambda_min > P eps ||C||_F = {self._certified_floor:.2g}, the numerical zero): no damping, "
+                "so influence estimates leave-one-out retraining (Koh & Liang 2017)",
             )
         return choose_damping(self._spectrum_for_damping(), setting, self.n_params)
 

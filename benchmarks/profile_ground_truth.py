@@ -2,10 +2,11 @@
 
 The same models as ``bench_ground_truth.py``. Each step of ``HessianToolbox(...).fit()`` followed by
 ``influence`` is timed (CPU seconds of this process, one thread) by wrapping the engine's own functions;
-medians over ``--repeats`` runs after one warm-up run. Steps: the exact Hessian (block rows of Hessian-vector
-products; an input ``nn.Linear`` in Kronecker form, see ``hessview/engine/dense.py``), per-sample training gradients, the screening of saturated samples, the stationarity check
-(Cholesky certificate, the inverse ``(C + delta I)^-1`` and the ``n`` norms ``||(C + delta I)^-1 g_j||``),
-the damping and the influence query; "other" is the rest (input checks, the toolbox object).
+medians over ``--repeats`` runs after one warm-up run. Steps: the exact Hessian (block rows of
+Hessian-vector products; an input ``nn.Linear`` in Kronecker form, see ``hessview/engine/dense.py``),
+per-sample training gradients, the screening of saturated samples, the stationarity check (Cholesky
+certificate, the inverse ``(C + delta I)^-1`` and the ``n`` norms ``||(C + delta I)^-1 g_j||``), the
+damping and the influence query; "other" is the rest (input checks, the toolbox object).
 
 Run: ``PYTHONPATH=. OMP_NUM_THREADS=1 .venv/bin/python -u benchmarks/profile_ground_truth.py
 [--repeats 5] [--models ising digits fh-window]``; writes ``benchmarks/results/ground_truth_profile.md``.

@@ -117,6 +117,33 @@ def test_retrain_equals_independent_lbfgs(logistic):
     assert float((flat_params(retrained) - before).abs().max()) > 1e-4
 
 
+def test_retrain_reaches_a_tolerance_below_where_its_line_search_stalls(logistic, monkeypatch):
+    """L-BFGS stalls near 1e-11 of the per-sample scale here; the Newton polish goes on to the tolerance."""
+    tb, model, X, y, _, _ = logistic
+    remove = np.arange(0, 150, 4)  # 38 points
+    keep = torch.tensor(np.setdiff1d(np.arange(len(y)), remove))
+    tol = 1e-13 * tb.median_sample_gradient_norm_
+    d = X.shape[1]
+
+    def gradient_norm(module):  # of the retrained objective, in plain torch
+        theta = flat_params(module).clone().requires_grad_(True)
+        objective = F.cross_entropy(linear_logits(theta, X[keep], d), y[keep]) + WD / 2 * theta @ theta
+        (gradient,) = torch.autograd.grad(objective, theta)
+        return float(gradient.norm())
+
+    assert gradient_norm(tb.retrain(remove, tol=tol)) <= 1.5 * tol  # no warning: converged (rounding aside)
+    # without the polish, the same retraining stops above the tolerance and says so
+    import hessview.engine.retrain as retrain_module
+
+    def no_polish(problem, keep, theta, tol, budget):
+        return theta, retrain_module._gradient_norm(problem, problem.X[keep], problem.y[keep], theta), 1
+
+    monkeypatch.setattr(retrain_module, "newton_polish", no_polish)
+    with pytest.warns(ApproximationWarning, match="largest gradient norm reached"):
+        stalled = tb.retrain(remove, tol=tol / 1.0000001)  # another tolerance: not a cached retraining
+    assert gradient_norm(stalled) > 10 * tol
+
+
 def test_retrain_of_an_ill_conditioned_model_equals_independent_lbfgs(logistic):
     """A feature in other units (x30): condition number above 1e3, L-BFGS preconditioned by the curvature."""
     _, _, X, y, _, _ = logistic

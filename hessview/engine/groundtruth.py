@@ -49,10 +49,16 @@ class GroundTruthMixin:
         key = (id(self.eigenvectors), self.method_)
         cached = self.__dict__.get("_gt_problem_cache")
         if cached is None or cached[0] != key:
-            M, lam = None, self.eigenvalues.abs()
-            if self.method_ == "exact" and float(lam.max()) > PRECONDITION_CONDITION * float(lam.min()):
-                M = self.eigenvectors / lam.clamp_min(1e-8 * float(lam.max())).sqrt()
-            problem = RetrainProblem(self.flat, self.X_train, self.y_train, self.loss, self.weight_decay, M)
+            M = inverse = None
+            lam = self.eigenvalues.abs()
+            if self.method_ == "exact":  # the fitted |C + w I|^-1 for the Newton polish (see retrain.py)
+                V = self.eigenvectors / lam.clamp_min(1e-8 * float(lam.max())).sqrt()
+                inverse = V @ V.T
+                if float(lam.max()) > PRECONDITION_CONDITION * float(lam.min()):
+                    M = V
+            problem = RetrainProblem(
+                self.flat, self.X_train, self.y_train, self.loss, self.weight_decay, M, inverse
+            )
             self._gt_problem_cache = cached = (key, problem)
         return cached[1]
 

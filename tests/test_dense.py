@@ -347,3 +347,38 @@ def test_hessian_from_dask_workers_equals_autograd():
     shard = make_shards(FlatModel(model, torch.float64), X, y, loss, 8, len(X))[0]
     copy = deserialize(*serialize(shard, serializers=["pickle"]))
     assert torch.equal(copy.dense_curvature("hessian", 16), shard.dense_curvature("hessian", 16))
+
+
+MEMORY_SCRIPT = """
+import resource, sys, torch
+from torch import nn
+from hessview.engine.dense import dense_hessian
+from hessview.engine.params import FlatModel
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(784, 2), nn.Tanh(), nn.Linear(2, 3)).double()
+X, y = torch.randn(150, 784, dtype=torch.float64), torch.randint(0, 3, (150,))
+flat = FlatModel(model, torch.float64)
+loss_sum = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="sum")
+dense_hessian(flat, loss_sum, X[:2], y[:2])  # warm up (libraries, allocator)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+H = dense_hessian(flat, loss_sum, X, y, input_layer=sys.argv[1] == "1")
+print(H.numel() * 8, 1024 * (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before))
+"""
+
+
+def test_input_layer_hessian_memory_stays_near_the_size_of_the_hessian(tmp_path):
+    """784 inputs: 308,505 pairs x_j x_l per sample, 0.37 GB for 150 samples at once; the Hessian is 20 MB.
+
+    Peak resident memory of a fresh process, measured against the Hessian's size (P = 1579).
+    """
+    import subprocess
+    import sys
+
+    script = tmp_path / "memory.py"
+    script.write_text(MEMORY_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), "1"], capture_output=True, text=True, check=True, timeout=120
+    )
+    hessian_bytes, extra = map(int, result.stdout.split())
+    message = f"peak grew by {extra / 1e6:.0f} MB, the Hessian is {hessian_bytes / 1e6:.0f} MB"
+    assert extra < 4 * hessian_bytes, message

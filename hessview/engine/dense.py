@@ -278,12 +278,16 @@ class _InputLinear:
                 Ta = a.new_zeros((len(ks), *a.shape))
                 Ta[(~rows).nonzero().squeeze(1), :, ks[~rows]] = 1
                 da, dt = self.products(Ta, Tt, a, X[j : j + samples], y[j : j + samples])
-                if (~rows).any():  # da[k, s, :] = d2 l_s / da_s da_s,k for the a-columns k
-                    block = da[~rows].permute(1, 2, 0).reshape(len(x), -1)  # (s, h h) with k inner
-                    columns = (
-                        torch.arange(h, device=theta.device)[:, None] * h + ks[~rows][None, :]
-                    ).reshape(-1)
-                    Hxx[:, columns] += (x[:, upper[0]] * x[:, upper[1]]).T @ block  # j <= l only
+                if (~rows).any():  # da[k, s, :] = d2 l_s / da_s da_s,k for the a-columns k (contiguous)
+                    block = da[~rows].permute(1, 2, 0).reshape(len(x), -1)  # (s, h m) with k inner
+                    k0, m = int(ks[0]), int((~rows).sum())
+                    # pairs j <= l a slice at a time: (s x pairs) products and (pairs x h m) results within
+                    # pass_bytes, added in place through a view (an index would copy the columns of Hxx)
+                    step = max(1, int(pass_bytes // ((len(x) + block.shape[1]) * theta.element_size())))
+                    for p in range(0, upper.shape[1], step):
+                        J, L = upper[0, p : p + step], upper[1, p : p + step]
+                        Hxx_view = Hxx[p : p + step].view(-1, h, h)[:, :, k0 : k0 + m]
+                        Hxx_view += ((x[:, J] * x[:, L]).T @ block).view(-1, h, m)
                 if rows.any():
                     cross[ks[rows] - h] += torch.einsum("ksi,sj->kij", da[rows], x)
                     Htt[ks[rows] - h] += dt[rows]

@@ -258,6 +258,26 @@ def test_input_layer_is_not_used_for_a_layer_called_twice_or_after_a_parameteris
     assert hessview.engine.dense._InputLinear.probe(flat, lambda o, t: o.sum(), X, groups[:1]) is None
 
 
+class KeywordInput(nn.Module):
+    """The input layer called with its input as a keyword argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.first, self.head = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.first(input=x)))
+
+
+def test_an_input_layer_called_with_a_keyword_argument_gets_the_autograd_hessian():
+    torch.manual_seed(0)
+    model = KeywordInput().double()
+    X, y = torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 3, (10,))
+    flat = FlatModel(model, torch.float64)
+    H = dense_hessian(flat, lambda out, t: plain_loss("cross_entropy", out, t), X, y)
+    assert_relative(H, autograd_hessian(model, X, y, "cross_entropy"))
+
+
 @pytest.mark.parametrize("name", ["tanh-mlp-ce", "pool-cnn-mse", "head-first-ce"])
 def test_dense_ggn_equals_autograd(name):
     model, X, y, loss = make_case(name)

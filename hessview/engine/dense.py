@@ -170,7 +170,7 @@ class _InputLinear:
 
     :meth:`probe` returns ``None`` when the layer does not qualify: not ``nn.Linear``'s own forward, group
     other than its weight (and bias), not called exactly once, a parameterised module called before it, or
-    an input that is not ``(n, d)``.
+    an input that is not ``(n, d)`` or is passed by keyword.
     """
 
     def __init__(self, flat: FlatModel, loss_sum: Callable, layer: nn.Linear, stop: int):
@@ -203,8 +203,8 @@ class _InputLinear:
             for name, module in flat.module.named_modules()
             if name in owners
         ]
-        seen: list[torch.Tensor] = []
-        handles.append(layer.register_forward_pre_hook(lambda m, args: seen.append(args[0])))
+        seen: list[torch.Tensor | None] = []
+        handles.append(layer.register_forward_pre_hook(lambda m, a: seen.append(a[0] if a else None)))
         try:
             with torch.no_grad():
                 flat(flat.theta, X[:2])
@@ -213,7 +213,7 @@ class _InputLinear:
                 handle.remove()
         if len(seen) != 1 or not calls or calls[0] != owner or calls.count(owner) != 1:
             return None
-        if seen[0].dim() != 2 or seen[0].shape[0] != min(2, X.shape[0]):
+        if seen[0] is None or seen[0].dim() != 2 or seen[0].shape[0] != min(2, X.shape[0]):
             return None
         return cls(flat, loss_sum, layer, stop)
 

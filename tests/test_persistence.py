@@ -156,3 +156,18 @@ def test_a_user_defined_loss_round_trips_when_given_again(tmp_path):
         HessianToolbox.load(path, model)
     loaded = HessianToolbox.load(path, model, loss=Hinge())
     np.testing.assert_array_equal(tb.influence(X[:3]), loaded.influence(X[:3]))
+
+
+def test_a_damping_given_as_a_numpy_number_is_saved_and_loaded(saved, tmp_path):
+    """numpy scalars (a value read from an array) pass the damping check, and must not break the JSON."""
+    model, tb, _ = saved
+    X, y = tb.X_train, tb.y_train
+    for damping in (np.float32(0.25), np.int64(1)):
+        built = HessianToolbox(model, X, y, weight_decay=1e-2, damping=damping, progress=False).fit()
+        moved = HessianToolbox(model, X, y, weight_decay=1e-2, damping=0.01, progress=False).fit()
+        moved.set_damping(damping)
+        for toolbox in (built, moved):
+            loaded = HessianToolbox.load(toolbox.save(tmp_path / "numpy.safetensors"), model, progress=False)
+            assert loaded.damping_ == toolbox.damping_ == float(damping)
+            assert type(loaded.damping) is type(toolbox.damping) is float
+            np.testing.assert_array_equal(loaded.influence(X[:3], y[:3]), toolbox.influence(X[:3], y[:3]))

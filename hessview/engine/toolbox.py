@@ -194,7 +194,7 @@ class HessianToolbox(GroundTruthMixin):
         self.client = client
         self.n_screened_, self.screening_residual_ = 0, None
         self.loss = loss if isinstance(loss, Loss) else self.loss_fn.name
-        self.damping = damping
+        self.damping = damping if isinstance(damping, str) else float(damping)  # numpy scalars: JSON
         self.dtype = dtype
         self.progress = progress
         X = check.check_inputs("X_train", check.as_tensor("X_train", X_train, self.flat.device), dtype)
@@ -410,7 +410,7 @@ class HessianToolbox(GroundTruthMixin):
         if damping == "tuned":
             raise ValueError("set_damping takes 'auto' or a number; call tune_damping() to tune it")
         _check_damping(damping)
-        self.damping = damping
+        self.damping = damping if isinstance(damping, str) else float(damping)
         self._use_damping(damping, warn=True)
         self._note_tuning()
         return self

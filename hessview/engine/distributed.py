@@ -185,6 +185,16 @@ class LocalBackend:
         shards = tqdm(self.shards, desc=desc, disable=not progress or len(self.shards) == 1, leave=False)
         return [_call(shard, method, *args) for shard in shards]
 
+    def sum(self, method: str, *args, progress: bool = False, desc: str | None = None):
+        """``shard.method(*args)`` of every shard added up as each comes (one at a time); None: no shard."""
+        shards = tqdm(self.shards, desc=desc, disable=not progress or len(self.shards) == 1, leave=False)
+        total = None
+        for shard in shards:
+            part = _call(shard, method, *args)
+            total = part if total is None else total.add_(part)
+            del part  # not held while the next is computed
+        return total
+
     def fill(self, method: str, out: torch.Tensor) -> torch.Tensor:
         """Rows ``shard.method(out=...)`` of every shard written in place into ``out`` ``(n_total, ...)``."""
         for shard in self.shards:
@@ -219,6 +229,17 @@ class DaskBackend:
             for _ in tqdm(as_completed(futures), total=len(futures), desc=desc, leave=False):
                 pass
         return self.client.gather(futures)
+
+    def sum(self, method: str, *args, progress: bool = False, desc: str | None = None):
+        """``shard.method(*args)`` of every shard added up in shard order, each released once added."""
+        futures = [self.client.submit(_call, shard, method, *args, pure=False) for shard in self.shards]
+        total = None
+        for future in tqdm(futures, desc=desc, disable=not progress or len(futures) == 1, leave=False):
+            part = future.result()
+            future.release()
+            total = part if total is None else total.add_(part)
+            del part  # not held while the next is computed
+        return total
 
     def fill(self, method: str, out: torch.Tensor) -> torch.Tensor:
         """Rows ``shard.method()`` of every shard copied into ``out`` ``(n_total, ...)`` as each arrives.

@@ -488,7 +488,8 @@ class HessianToolbox(GroundTruthMixin):
             kept = LocalBackend(self._subset_shards(~left_out, data_chunk))
         else:
             kept = self._get_backend()
-        parts = kept.map(
+        # added up shard by shard: a list of every shard's P x P matrix would not fit in memory
+        curvature = kept.sum(
             "dense_curvature",
             self.curvature,
             row_chunk,
@@ -496,13 +497,13 @@ class HessianToolbox(GroundTruthMixin):
             progress=self.progress,
             desc="Hessian",
         )
-        eye = torch.eye(self.n_params, dtype=self.dtype, device=theta.device)
-        curvature = sum(parts, torch.zeros_like(eye))
+        if curvature is None:  # every sample screened
+            curvature = theta.new_zeros((self.n_params, self.n_params))
         self.n_screened_, self.screening_residual_ = 0, None
         if left_out.any():
             curvature += self._screened_curvature(left_out, data_chunk, row_chunk, curvature)
-        hessian = curvature + self.weight_decay * eye
-        self.hessian = hessian  # its eigendecomposition is computed when first needed (see eigenvalues)
+        curvature.diagonal().add_(self.weight_decay)  # the Hessian, without two more P x P matrices
+        self.hessian = curvature  # its eigendecomposition is computed when first needed (see eigenvalues)
         if self.client is None:
             self.train_gradients = per_sample_gradients(self._sample_loss, theta, X, y)
         else:

@@ -291,31 +291,35 @@ class _InputLinear:
                 if rows.any():
                     cross[ks[rows] - h] += torch.einsum("ksi,sj->kij", da[rows], x)
                     Htt[ks[rows] - h] += dt[rows]
-        return self._assemble(Hxx, upper, cross, Htt)
+        return self._assemble(Hxx, upper, cross, Htt, pass_bytes)
 
-    def _assemble(self, Hxx, upper, cross, Htt) -> torch.Tensor:
+    def _assemble(self, Hxx, upper, cross, Htt, pass_bytes: float = HESSIAN_PASS_BYTES) -> torch.Tensor:
         """The blocks in one ``P x P`` matrix, in theta's order: ``W[i, j]`` at ``i d + j``, then ``b``.
 
-        Straight into the result, through views: no other ``P x P``-sized copy (the memory guard counts
-        the Hessian, its eigenvectors and a workspace).
+        Straight into the result, through views, ``pass_bytes`` of pairs ``j <= l`` at a time: no other
+        ``P x P``-sized copy (the memory guard counts the Hessian, its eigenvectors and a workspace).
         """
         theta, h, own = self.flat.theta, self.layer.out_features, self.own
         P, tail, e = theta.numel(), self.tail.numel(), cross.shape[2]
         d = e - 1 if self.bias else e
-        S = Hxx.view(-1, h, h)
-        S = (S + S.transpose(1, 2)) / 2  # the second derivatives in a_s are symmetric in (i, k)
-        J, L = upper  # pairs j <= l of the layer's inputs (index d: the bias column)
         H = theta.new_zeros((P, P))
-        weights = L < d
         blocks = H[: h * d, : h * d].view(h, d, h, d).permute(1, 3, 0, 2)  # [j, l, i, k] = H[W_ij, W_kl]
-        blocks[J[weights], L[weights]] = S[weights]
-        blocks[L[weights], J[weights]] = S[weights]
         if self.bias:
-            with_bias = (L == d) & (J < d)
             rows = H[h * d : own, : h * d].view(h, h, d).permute(2, 0, 1)  # [l, i, k] = H[b_i, W_kl]
-            rows[J[with_bias]] = S[with_bias]
+        step = max(1, int(pass_bytes // (h * h * theta.element_size())))
+        for p in range(0, upper.shape[1], step):
+            S = Hxx[p : p + step].view(-1, h, h)
+            S = (S + S.transpose(1, 2)) / 2  # the second derivatives in a_s are symmetric in (i, k)
+            J, L = upper[:, p : p + step]  # pairs j <= l of the layer's inputs (index d: the bias column)
+            weights = L < d
+            blocks[J[weights], L[weights]] = S[weights]
+            blocks[L[weights], J[weights]] = S[weights]
+            if self.bias:
+                rows[J[(L == d) & (J < d)]] = S[(L == d) & (J < d)]
+                if ((L == d) & (J == d)).any():
+                    H[h * d : own, h * d : own] = S[(L == d) & (J == d)][0]
+        if self.bias:
             H[: h * d, h * d : own] = H[h * d : own, : h * d].T
-            H[h * d : own, h * d : own] = S[(L == d) & (J == d)][0]
         order = [i * e + j for i in range(h) for j in range(d)] + (
             [i * e + d for i in range(h)] if self.bias else []
         )
@@ -386,19 +390,20 @@ def dense_hessian(
     True
     """
     P, n = flat.n_params, X.shape[0]
-    H = flat.theta.new_zeros((P, P))
     if P == 0 or n == 0:
-        return H
+        return flat.theta.new_zeros((P, P))
     row_chunk = max(1, int(row_chunk))
     groups = parameter_groups(flat)
     layer = _InputLinear.probe(flat, loss_sum, X, groups) if input_layer else None
-    if layer is not None:
+    if layer is not None:  # (no P x P matrix of zeros is held meanwhile)
         H = layer.hessian(X, y, row_chunk=row_chunk, pass_bytes=pass_bytes)
         widest = max(activation_widths(flat, X[0], groups))
         samples = even_size(n, max(1, int(pass_bytes // (widest * flat.theta.element_size()))))
         if hessian_agrees(flat, loss_sum, X, y, H, samples=samples):
             return H
         H.zero_()  # samples interact, or a parameter acts before the layer: block rows, exact for any model
+    else:
+        H = flat.theta.new_zeros((P, P))
     widths = activation_widths(flat, X[0], groups)
     bar = tqdm(groups, desc="Hessian block rows", disable=not progress or len(groups) == 1, leave=False)
     for (first, stop), width in zip(bar, widths, strict=True):

@@ -485,6 +485,59 @@ def test_set_damping_after_tuning_says_what_was_tuned_and_returns_to_it(mlp, tmp
     assert not tb.damping_reason_.startswith("tuned")
 
 
+def test_files_saved_before_the_tuning_record_load_with_what_was_tuned(mlp, tmp_path):
+    """Files without the "tuning" field: hessview kept tuned_lds_ after set_damping and no tuned reason.
+
+    Saved right after tuning, the file's damping is the tuned one; saved after set_damping(other), the tuned
+    value is the grid value whose score is tuned_lds (tune_damping's choice), not the file's damping.
+    """
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hessview.engine.persistence import seal
+
+    model, X, y, X_test, y_test = mlp
+    tb = HessianToolbox(model, X, y, weight_decay=WD_MLP, progress=False).fit().tune_damping(n_subsets=6)
+    tuned = tb.damping_, tb.tuned_lds_, tb.damping_reason_
+    other = tuned[0] + 0.05
+
+    def older(path, out, **fitted):
+        with safe_open(str(path), framework="pt") as handle:
+            document = json.loads(handle.metadata()["hessview"])
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        for key in ("checksum", "format"):
+            document.pop(key)
+        del document["fitted"]["tuning"]
+        document["fitted"].update(fitted)
+        save_file(tensors, str(out), metadata=seal(tensors, document))
+        return out
+
+    path = older(tb.save(tmp_path / "tuned.safetensors"), tmp_path / "old-tuned.safetensors")
+    loaded = HessianToolbox.load(path, model, progress=False)
+    assert (loaded.damping_, loaded.tuned_lds_, loaded.damping_reason_) == tuned
+    loaded.set_damping(other)
+    assert loaded.tuned_lds_ is None and f"tune_damping chose {tuned[0]:.3g}" in loaded.damping_reason_
+    loaded.set_damping(tuned[0])
+    assert (loaded.damping_, loaded.tuned_lds_, loaded.damping_reason_) == tuned
+    # what the earlier set_damping(other) left in the file: the tuned LDS and the user's reason
+    tb.set_damping(other)
+    reason = f"damping {other:.3g} chosen by the user"
+    path = older(
+        tb.save(tmp_path / "other.safetensors"),
+        tmp_path / "old-other.safetensors",
+        tuned_lds=tuned[1],
+        damping_reason=reason,
+    )
+    loaded = HessianToolbox.load(path, model, progress=False)
+    assert loaded.damping_ == other and loaded.tuned_lds_ is None
+    assert loaded.damping_reason_.startswith(reason)
+    assert f"tune_damping chose {tuned[0]:.3g}, hold-out LDS {tuned[1]:.4f}" in loaded.damping_reason_
+    loaded.set_damping(tuned[0])
+    assert (loaded.damping_, loaded.tuned_lds_) == tuned[:2] and loaded.damping_reason_.startswith("tuned")
+
+
 def test_lds_and_tune_damping_with_a_low_rank_toolbox(logistic):
     """A low-rank inverse (top 4 of 10 pairs; it warns that the complement is misrepresented): same path."""
     _, model, X, y, X_test, y_test = logistic

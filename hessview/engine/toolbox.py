@@ -1271,10 +1271,18 @@ class HessianToolbox(GroundTruthMixin):
             toolbox.damping_scores_ = {d: v for d, v in fitted["damping_scores"]}
             toolbox.tuned_lds_ = fitted.get("tuned_lds")
             toolbox.damping_reason_ = fitted.get("damping_reason", toolbox.damping_reason_)
-            tuning = fitted.get("tuning")
+            tuning, moved = fitted.get("tuning"), False
             if tuning is None and toolbox.tuned_lds_ is not None:  # saved before the record was kept
-                tuning = (toolbox.damping_, toolbox.tuned_lds_, toolbox.damping_reason_)
+                lds, reason = toolbox.tuned_lds_, toolbox.damping_reason_  # set_damping kept tuned_lds_ then
+                scores = toolbox.damping_scores_
+                chosen = max((d for d, v in scores.items() if v == lds), default=toolbox.damping_)
+                moved = chosen != toolbox.damping_  # set_damping before the save: the tuned reason is lost
+                if moved:
+                    reason = f"tuned: delta = {chosen:.3g} has the best hold-out LDS {lds:.4f} (see scores)"
+                tuning = (chosen, lds, reason)
             toolbox._tuning = None if tuning is None else (float(tuning[0]), float(tuning[1]), str(tuning[2]))
+            if moved:
+                toolbox._note_tuning()  # tuned_lds_ None, the reason names the tuned value
         return toolbox
 
     def _restore(self, path, tensors, device, method_, method_reason, damping) -> None:

@@ -31,7 +31,7 @@ from hessview._io import atomic_path
 OUT = Path(__file__).parent / "results" / "ground_truth_profile.md"
 
 STEPS = {  # label -> (owner, attribute)
-    "exact Hessian (block rows; an input Linear in Kronecker form)": (distributed.LocalBackend, "map"),
+    "exact Hessian (block rows; an input Linear in Kronecker form)": (distributed.LocalBackend, "sum"),
     "per-sample gradients": (toolbox_module, "per_sample_gradients"),
     "screening": (toolbox_module.HessianToolbox, "_saturated"),
     "Cholesky certificate": (toolbox_module.HessianToolbox, "_certified_positive_definite"),

@@ -158,6 +158,12 @@ INPUT_LAYER_CASES = {
     "no-bias-images-mse": (lambda: Images(bias=False), (15, 1, 3, 3), "mse"),
     "frozen-bias-ce": (frozen_bias_mlp, (20, 4), "cross_entropy"),
     "logistic-regression": (lambda: nn.Linear(4, 3), (20, 4), "cross_entropy"),
+    # an in-place activation on the layer's output (not idempotent: applied twice it changes the values)
+    "inplace-leaky-relu-ce": (
+        lambda: nn.Sequential(nn.Linear(4, 5), nn.LeakyReLU(0.1, inplace=True), nn.Linear(5, 3)),
+        (20, 4),
+        "cross_entropy",
+    ),
 }
 
 

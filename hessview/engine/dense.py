@@ -220,7 +220,8 @@ class _InputLinear:
     def inputs(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's inputs ``x_s`` (with a column of ones for a trainable bias) and outputs ``a_s``."""
         seen: list[torch.Tensor] = []
-        handle = self.layer.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+        # a copy of the output: an in-place activation after the layer (ReLU(inplace=True)) changes it
+        handle = self.layer.register_forward_hook(lambda m, args, out: seen.append((args[0], out.clone())))
         try:
             with torch.no_grad():
                 functional_call(self.flat.module, self.params, (X,))
@@ -238,7 +239,7 @@ class _InputLinear:
         params = dict(self.params)
         for i, piece in zip(range(self.stop, len(self.flat.names)), pieces, strict=True):
             params[self.flat.names[i]] = piece.view(self.flat.shapes[i])
-        handle = self.layer.register_forward_hook(lambda m, args, out: a)
+        handle = self.layer.register_forward_hook(lambda m, args, out: a.clone())  # (in-place activations)
         try:
             return self.loss_sum(functional_call(self.flat.module, params, (X,)), y)
         finally:

@@ -246,6 +246,38 @@ def test_input_layer_form_is_checked_and_block_rows_take_over_when_it_does_not_h
     assert_relative(dense_hessian(flat, loss_sum, X, y), expected)
 
 
+class WeaklyCoupled(nn.Module):
+    """Pre-activations shifted by ``coupling`` times their batch mean: samples interact, weakly."""
+
+    def __init__(self, coupling):
+        super().__init__()
+        self.first, self.head, self.coupling = nn.Linear(4, 5), nn.Linear(5, 3), coupling
+
+    def forward(self, x):
+        a = self.first(x)
+        return self.head(torch.tanh(a - self.coupling * a.mean(dim=0)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_weak_interaction_of_samples_is_caught_in_float32_and_float64(dtype):
+    """A batch-mean coupling of 1e-3 makes the input layer's form about 7e-4 wrong: block rows take over."""
+    torch.manual_seed(0)
+    model = WeaklyCoupled(1e-3).to(dtype)
+    X, y = torch.randn(300, 4, dtype=dtype), torch.randint(0, 3, (300,))
+    flat = FlatModel(model, dtype)
+
+    def loss_sum(out, t):
+        return plain_loss("cross_entropy", out, t) / 300
+
+    expected = autograd_hessian(model.double(), X.double(), y, "cross_entropy", scale=1 / 300)
+    model.to(dtype)
+    layer = hessview.engine.dense._InputLinear.probe(flat, loss_sum, X, parameter_groups(flat))
+    wrong = layer.hessian(X, y, row_chunk=128, pass_bytes=1e7).double()
+    assert float((wrong - expected).norm() / expected.norm()) > 3e-4
+    H = dense_hessian(flat, loss_sum, X, y).double()
+    assert float((H - expected).norm() / expected.norm()) < (1e-5 if dtype == torch.float32 else 1e-13)
+
+
 def test_input_layer_is_not_used_for_a_layer_called_twice_or_after_a_parameterised_module(monkeypatch):
     flat = FlatModel(HeadFirst(), torch.float64)  # head registered first, but called last
     X = torch.randn(6, 3, dtype=torch.float64)

@@ -166,6 +166,10 @@ class _BlockRows:
         return vmap(product)(V).detach()
 
 
+class _Recorded(Exception):
+    """Stops a forward pass once the input layer's input and output are recorded."""
+
+
 class _InputLinear:
     """The first parameter group when it is an ``nn.Linear`` fed by the model's input (module docstring).
 
@@ -221,11 +225,17 @@ class _InputLinear:
     def inputs(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's inputs ``x_s`` (with a column of ones for a trainable bias) and outputs ``a_s``."""
         seen: list[torch.Tensor] = []
-        # a copy of the output: an in-place activation after the layer (ReLU(inplace=True)) changes it
-        handle = self.layer.register_forward_hook(lambda m, args, out: seen.append((args[0], out.clone())))
+
+        def record(module, args, out):
+            seen.append((args[0], out.clone()))  # (a copy: nothing after the layer may change it in place)
+            raise _Recorded  # the rest of the network is not needed: no activations of all of X beyond it
+
+        handle = self.layer.register_forward_hook(record)
         try:
             with torch.no_grad():
                 functional_call(self.flat.module, self.params, (X,))
+        except _Recorded:
+            pass
         finally:
             handle.remove()
         x, a = seen[0]

@@ -428,9 +428,10 @@ def dense_hessian(
         block = _BlockRows(flat, loss_sum, first, stop)
         sample_bytes = width * flat.theta.element_size()
         size = block.end - block.start
-        eye = torch.eye(size, dtype=flat.theta.dtype, device=flat.theta.device)
         for i in range(0, size, row_chunk):
-            V = eye[i : i + row_chunk]
+            k = min(row_chunk, size - i)  # unit vectors i .. i + k - 1 of the group (not a size x size eye)
+            V = flat.theta.new_zeros((k, size))
+            V[torch.arange(k), torch.arange(i, i + k)] = 1
             samples = even_size(n, max(1, int(pass_bytes // (V.shape[0] * sample_bytes))))
             rows = H[block.start + i : block.start + i + V.shape[0], block.start :]
             for j in range(0, n, samples):

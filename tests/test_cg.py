@@ -1,5 +1,7 @@
 """Conjugate-gradient inverse-curvature products against dense solves."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -32,6 +34,10 @@ def test_cg_warns_at_maxiter_and_refuses_bad_input():
     with pytest.warns(ConjugateGradientWarning, match="did not reach tol"):
         result = conjugate_gradient(lambda M: A @ M, B, tol=1e-12, maxiter=3)
     assert result.iterations == 3 and not result.converged
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warn=False: the caller reads converged instead
+        quiet = conjugate_gradient(lambda M: A @ M, B, tol=1e-12, maxiter=3, warn=False)
+    assert not quiet.converged and torch.equal(quiet.solution, result.solution)
     with pytest.raises(ValueError, match="tol must be > 0"):
         conjugate_gradient(lambda M: A @ M, B, tol=0.0)
     with pytest.raises(ValueError, match="maxiter"):

@@ -40,13 +40,15 @@ def conjugate_gradient(
     maxiter: int | None = None,
     progress: bool = False,
     preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    warn: bool = True,
 ) -> CGResult:
     """Solve ``A X = B`` for symmetric positive definite ``A`` given by ``matmat`` (``(P, k) -> (P, k)``).
 
     ``preconditioner``, when given, applies an approximation of :math:`A^{-1}` (symmetric positive
     definite) to residuals: preconditioned CG (Golub & Van Loan, Matrix Computations, Alg. 11.5.1).
     ``maxiter=None`` allows ``10 P`` iterations like :func:`scipy.sparse.linalg.cg`; warns with
-    :class:`ConjugateGradientWarning` if some column has not converged by then.
+    :class:`ConjugateGradientWarning` if some column has not converged by then (unless ``warn`` is
+    False: the caller reads ``converged``; no process-wide warning filter is needed in a worker thread).
 
     >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
     >>> conjugate_gradient(lambda M: A @ M, torch.tensor([[1.0], [2.0]], dtype=torch.float64)).solution
@@ -96,7 +98,7 @@ def conjugate_gradient(
     norms = B.norm(dim=0).clamp_min(torch.finfo(B.dtype).tiny)
     residuals = squared.sqrt() / norms
     converged = bool((squared <= target).all())
-    if not converged:
+    if not converged and warn:
         warnings.warn(
             f"conjugate gradients did not reach tol={tol:g} in {maxiter} iterations (largest relative "
             f"residual {float(residuals.max()):.3g}); raise maxiter or the damping",

@@ -186,25 +186,25 @@ def newton_polish(
     norm, spent = _gradient_norm(problem, X, y, theta), 1
     while norm > tol and spent + 2 < budget:
         start = theta.clone().requires_grad_(True)
-        with TRANSFORM_LOCK, torch.enable_grad():
+        with TRANSFORM_LOCK, torch.enable_grad():  # only the forward pass uses the shared model copy
             (gradient,) = torch.autograd.grad(_objective(problem, X, y, start), start, create_graph=True)
 
-            def products(V, gradient=gradient, start=start):
+        def products(V, gradient=gradient, start=start):
+            with torch.enable_grad():
                 (column,) = torch.autograd.grad(gradient @ V[:, 0], start, retain_graph=True)
-                return column[:, None]
+            return column[:, None]
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ApproximationWarning)  # judged by the gradient below
-                try:
-                    solve = conjugate_gradient(
-                        products,
-                        gradient.detach()[:, None],
-                        tol=POLISH_CG_RTOL,
-                        maxiter=budget - spent - 2,
-                        preconditioner=precondition,
-                    )
-                except ValueError:  # a direction of non-positive curvature: not near a minimum
-                    break
+        try:  # not converged to POLISH_CG_RTOL: the step is judged by the gradient norm below
+            solve = conjugate_gradient(
+                products,
+                gradient.detach()[:, None],
+                tol=POLISH_CG_RTOL,
+                maxiter=budget - spent - 2,
+                preconditioner=precondition,
+                warn=False,
+            )
+        except ValueError:  # a direction of non-positive curvature: not near a minimum
+            break
         spent += 1 + solve.iterations
         candidate = theta - solve.solution[:, 0]
         new, spent = _gradient_norm(problem, X, y, candidate), spent + 1

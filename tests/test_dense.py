@@ -11,6 +11,7 @@ import hessview.engine.dense
 from hessview import HessianToolbox
 from hessview.engine.dense import dense_ggn, dense_hessian, parameter_groups
 from hessview.engine.distributed import make_shards
+from hessview.engine.losses import get_loss
 from hessview.engine.params import FlatModel
 from hessview.models import CNN1D_tiny_ED, load_published_weights
 
@@ -197,6 +198,21 @@ def test_input_layer_hessian_equals_autograd_without_block_rows(name, device, mo
     assert_relative(small.cpu(), H, rtol=1e-13)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", INPUT_LAYER_CASES)
+def test_input_layer_ggn_equals_autograd_and_passes_its_check(name, device):
+    model, X, y, loss = make_case(name, cases=INPUT_LAYER_CASES)
+    expected = autograd_ggn(model, X, loss, scale=0.25).to(device)
+    model, X = model.to(device), X.to(device)
+    flat = FlatModel(model, torch.float64)
+    layer = hessview.engine.dense._InputLinear.probe(flat, None, X, parameter_groups(flat))
+    G = layer.ggn(X, get_loss(loss), 0.25, jacobian_bytes=3 * 5 * 8 * 9, pass_bytes=1e7)  # 3-sample batches
+    assert_relative(G, expected)
+    assert torch.equal(G, G.T)
+    assert hessview.engine.dense.ggn_agrees(flat, get_loss(loss), X, 0.25, G, samples=4)
+    assert_relative(dense_ggn(flat, loss, X, 0.25), expected)
+
+
 class BatchCentred(nn.Module):
     """Pre-activations centred over the batch: samples interact, so the input layer's form does not hold."""
 
@@ -244,6 +260,20 @@ def test_input_layer_form_is_checked_and_block_rows_take_over_when_it_does_not_h
     assert float((wrong - expected).abs().max()) > 1e-3 * float(expected.abs().max())  # ... but is wrong
     assert not hessview.engine.dense.hessian_agrees(flat, loss_sum, X, y, wrong, samples=5)
     assert_relative(dense_hessian(flat, loss_sum, X, y), expected)
+
+
+def test_input_layer_ggn_with_a_parameter_before_the_layer_is_refused_by_its_check():
+    torch.manual_seed(0)
+    model = ScaledFirst().double()
+    X = torch.randn(12, 4, dtype=torch.float64)
+    flat = FlatModel(model, torch.float64)
+    expected = autograd_ggn(model, X, "cross_entropy")
+    wrong = hessview.engine.dense._InputLinear.probe(flat, None, X, parameter_groups(flat)).ggn(
+        X, get_loss("cross_entropy"), 1.0, jacobian_bytes=5e7, pass_bytes=1e7
+    )
+    assert float((wrong - expected).abs().max()) > 1e-3 * float(expected.abs().max())
+    assert not hessview.engine.dense.ggn_agrees(flat, "cross_entropy", X, 1.0, wrong, samples=12)
+    assert_relative(dense_ggn(flat, "cross_entropy", X, 1.0), expected)
 
 
 class WeaklyCoupled(nn.Module):

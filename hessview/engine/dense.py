@@ -34,7 +34,10 @@ when it disagrees or when the layer does not qualify.
 **GGN.** :math:`G = \\sum_j J_j^T H^{out}_j J_j` (scaled) is one matrix product of the per-sample output
 Jacobians :math:`J_j` (``torch.func.jacrev``, vmapped over samples) with the output Hessian applied to
 them (the :class:`~hessview.engine.losses.Loss` object's ``output_hessian_product``): the work of
-``K`` backward passes per sample for ``K`` outputs, not ``P`` curvature-vector products.
+``K`` backward passes per sample for ``K`` outputs, not ``P`` curvature-vector products. An input
+``nn.Linear`` gets the same Kronecker form as in the Hessian, with :math:`B_s^T H^{out}_s B_s`
+(:math:`B_s = \\partial f_s / \\partial a_s`) in place of :math:`\\partial^2_{a_s a_s} \\ell_s`: Jacobians
+of ``h + P_phi`` columns, checked by one GGN-vector product (digits MLP: 4x less time, equal to 4e-16).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vmap
 from tqdm.auto import tqdm
 
+from hessview.engine.ggn import ggn_matmat
 from hessview.engine.losses import get_loss
 from hessview.engine.params import FlatModel
 
@@ -245,6 +249,10 @@ class _InputLinear:
 
     def _objective(self, a, tail, X, y):
         """The loss with the layer's output replaced by ``a`` and the later parameters by ``tail``."""
+        return self.loss_sum(self._outputs(a, tail, X), y)
+
+    def _outputs(self, a, tail, X):
+        """The model's outputs with the layer's output replaced by ``a``, the later parameters by ``tail``."""
         numels = self.flat.numels[self.stop :]
         pieces = torch.split(tail, numels) if numels else []
         params = dict(self.params)
@@ -252,7 +260,7 @@ class _InputLinear:
             params[self.flat.names[i]] = piece.view(self.flat.shapes[i])
         handle = self.layer.register_forward_hook(lambda m, args, out: a.clone())  # (in-place activations)
         try:
-            return self.loss_sum(functional_call(self.flat.module, params, (X,)), y)
+            return functional_call(self.flat.module, params, (X,))
         finally:
             handle.remove()
 
@@ -291,18 +299,49 @@ class _InputLinear:
                 Ta[(~rows).nonzero().squeeze(1), :, ks[~rows]] = 1
                 da, dt = self.products(Ta, Tt, a, X[j : j + samples], y[j : j + samples])
                 if (~rows).any():  # da[k, s, :] = d2 l_s / da_s da_s,k for the a-columns k (contiguous)
-                    block = da[~rows].permute(1, 2, 0).reshape(len(x), -1)  # (s, h m) with k inner
-                    k0, m = int(ks[0]), int((~rows).sum())
-                    # pairs j <= l a slice at a time: (s x pairs) products and (pairs x h m) results within
-                    # pass_bytes, added in place through a view (an index would copy the columns of Hxx)
-                    step = max(1, int(pass_bytes // ((len(x) + block.shape[1]) * theta.element_size())))
-                    for p in range(0, upper.shape[1], step):
-                        J, L = upper[0, p : p + step], upper[1, p : p + step]
-                        Hxx_view = Hxx[p : p + step].view(-1, h, h)[:, :, k0 : k0 + m]
-                        Hxx_view += ((x[:, J] * x[:, L]).T @ block).view(-1, h, m)
+                    block = da[~rows].permute(1, 2, 0)  # (s, h, m)
+                    _add_pairs(Hxx, upper, x, block, int(ks[0]), pass_bytes)
                 if rows.any():
                     cross[ks[rows] - h] += torch.einsum("ksi,sj->kij", da[rows], x)
                     Htt[ks[rows] - h] += dt[rows]
+        return self._assemble(Hxx, upper, cross, Htt, pass_bytes)
+
+    def ggn(self, X, loss, scale: float, *, jacobian_bytes: float, pass_bytes: float) -> torch.Tensor:
+        """The exact ``P x P`` GGN in the same Kronecker form, from per-sample Jacobians in ``(a_s, phi)``.
+
+        With :math:`B_s = \\partial f_s / \\partial a_s` (``K x h``) and :math:`J^\\phi_s` (``K x P_phi``),
+        :math:`G_{WW} = \\sum_s (\\tilde x_s \\tilde x_s^T) \\otimes B_s^T H^{out}_s B_s`,
+        :math:`G_{W\\phi} = \\sum_s \\tilde x_s \\otimes B_s^T H^{out}_s J^\\phi_s` and
+        :math:`G_{\\phi\\phi} = \\sum_s (J^\\phi_s)^T H^{out}_s J^\\phi_s`, all times ``scale``: Jacobians of
+        ``h + P_phi`` columns instead of ``h (d + 1) + P_phi``.
+        """
+        theta, h, n, tail = self.flat.theta, self.layer.out_features, X.shape[0], self.tail.numel()
+        x_all, a_all = self.inputs(X)
+        e = x_all.shape[1]
+        upper = torch.triu_indices(e, e, device=theta.device)
+        Hxx = theta.new_zeros((upper.shape[1], h * h))
+        cross = theta.new_zeros((tail, h, e))
+        Htt = theta.new_zeros((tail, tail))
+
+        def outputs(a, t, x):
+            return self._outputs(a.unsqueeze(0), t, x.unsqueeze(0))[0]
+
+        jacobian = vmap(jacrev(outputs, argnums=(0, 1)), in_dims=(0, None, 0))
+        n_outputs = self.flat(theta, X[:1])[0].numel()
+        batch = max(1, int(jacobian_bytes // (n_outputs * (h + tail) * theta.element_size())))
+        for i in range(0, n, batch):
+            x, a, Xb = x_all[i : i + batch], a_all[i : i + batch], X[i : i + batch]
+            Ja, Jt = (J.detach().reshape(len(x), n_outputs, -1) for J in jacobian(a, self.tail, Xb))
+            out = self.flat(theta, Xb).detach()
+            J = torch.cat([Ja, Jt], dim=2)  # (s, K, h + P_phi)
+            HJ = vmap(loss.output_hessian_product, in_dims=(None, -1), out_dims=-1)(
+                out, J.reshape(len(x), *out.shape[1:], -1)
+            ).reshape(J.shape)
+            _add_pairs(Hxx, upper, x, torch.einsum("ski,skm->sim", Ja, HJ[:, :, :h]), 0, pass_bytes)
+            cross += torch.einsum("ski,skr,sj->rij", Ja, HJ[:, :, h:], x)
+            Htt += torch.einsum("skr,skq->rq", Jt, HJ[:, :, h:])
+        for block in (Hxx, cross, Htt):
+            block *= scale
         return self._assemble(Hxx, upper, cross, Htt, pass_bytes)
 
     def _assemble(self, Hxx, upper, cross, Htt, pass_bytes: float = HESSIAN_PASS_BYTES) -> torch.Tensor:
@@ -342,6 +381,46 @@ class _InputLinear:
         return H
 
 
+def _add_pairs(Hxx, upper, x, block, k0: int, pass_bytes: float) -> None:
+    """``Hxx[(j, l), (i, k0 + c)] += sum_s x_sj x_sl block[s, i, c]`` for the pairs ``j <= l`` of ``upper``.
+
+    A slice of pairs at a time, so that the ``(s x pairs)`` products and ``(pairs x h m)`` results stay
+    within ``pass_bytes``; added in place through a view (an index would copy the columns of ``Hxx``).
+    """
+    s, h, m = block.shape
+    flat_block = block.reshape(s, h * m)
+    step = max(1, int(pass_bytes // ((s + h * m) * x.element_size())))
+    for p in range(0, upper.shape[1], step):
+        J, L = upper[0, p : p + step], upper[1, p : p + step]
+        Hxx_view = Hxx[p : p + step].view(-1, h, h)[:, :, k0 : k0 + m]
+        Hxx_view += ((x[:, J] * x[:, L]).T @ flat_block).view(-1, h, m)
+
+
+def ggn_agrees(
+    flat: FlatModel, loss, X, scale: float, G: torch.Tensor, *, samples: int, seed: int = 0
+) -> bool:
+    """Whether ``G v`` equals the GGN-vector product of every parameter for a seeded random ``v``.
+
+    Same tolerance as :func:`hessian_agrees`; the product is :func:`~hessview.engine.ggn.ggn_matmat`.
+    """
+    v = _probe_vector(flat, seed)
+    product = torch.zeros_like(v)
+    for j in range(0, X.shape[0], samples):
+        product += ggn_matmat(flat, flat.theta, X[j : j + samples], loss, v[None], scale)[0]
+    return _agree(G @ v - product, G, v, X.shape[0])
+
+
+def _probe_vector(flat: FlatModel, seed: int) -> torch.Tensor:
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(flat.n_params, generator=generator, dtype=flat.theta.dtype).to(flat.theta.device)
+
+
+def _agree(difference: torch.Tensor, M: torch.Tensor, v: torch.Tensor, n: int) -> bool:
+    tolerance = 10 * math.sqrt(n + M.shape[0]) * torch.finfo(M.dtype).eps
+    scale = float(torch.linalg.matrix_norm(M) * torch.linalg.vector_norm(v))
+    return float(torch.linalg.vector_norm(difference)) <= tolerance * scale
+
+
 def hessian_agrees(
     flat: FlatModel, loss_sum: Callable, X, y, H: torch.Tensor, *, samples: int, seed: int = 0
 ) -> bool:
@@ -356,16 +435,13 @@ def hessian_agrees(
     float32 a batch-mean coupling of ``1e-3``, which makes the Hessian ``7e-4`` wrong, is caught; one of
     ``1e-5``, ``7e-6`` wrong, is not).
     """
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    v = torch.randn(flat.n_params, generator=generator, dtype=flat.theta.dtype).to(flat.theta.device)
+    v = _probe_vector(flat, seed)
     product = torch.zeros_like(v)
     for j in range(0, X.shape[0], samples):
         Xj, yj = X[j : j + samples], y[j : j + samples]
         gradient = grad(lambda t, Xj=Xj, yj=yj: loss_sum(flat(t, Xj), yj))
         product += jvp(gradient, (flat.theta,), (v,))[1].detach()
-    error = float(torch.linalg.vector_norm(H @ v - product))
-    tolerance = 10 * math.sqrt(X.shape[0] + flat.n_params) * torch.finfo(flat.theta.dtype).eps
-    return error <= tolerance * float(torch.linalg.matrix_norm(H) * torch.linalg.vector_norm(v))
+    return _agree(H @ v - product, H, v, X.shape[0])
 
 
 def dense_hessian(
@@ -449,8 +525,14 @@ def dense_ggn(
     scale: float,
     *,
     jacobian_bytes: float = JACOBIAN_BYTES,
+    pass_bytes: float = HESSIAN_PASS_BYTES,
+    input_layer: bool = True,
 ) -> torch.Tensor:
     """``scale * sum_j J_j^T H^out_j J_j`` from per-sample output Jacobians, ``loss`` a name or Loss object.
+
+    An input ``nn.Linear`` (module docstring) gets its blocks in Kronecker form (:meth:`_InputLinear.ggn`),
+    checked by one GGN-vector product with a seeded random vector (:func:`ggn_agrees`); ``input_layer=False``
+    or a failed check: Jacobians of every parameter.
 
     >>> X = torch.tensor([[1.0, 2.0], [0.0, 1.0]], dtype=torch.float64)
     >>> flat = FlatModel(torch.nn.Linear(2, 1, bias=False), torch.float64)  # f = x . theta, mse: G = 2 X^T X
@@ -460,9 +542,17 @@ def dense_ggn(
     """
     loss = get_loss(loss)
     P, n, theta = flat.n_params, X.shape[0], flat.theta
-    G = theta.new_zeros((P, P))
     if P == 0 or n == 0:
-        return G
+        return theta.new_zeros((P, P))
+    groups = parameter_groups(flat)
+    layer = _InputLinear.probe(flat, None, X, groups) if input_layer else None
+    if layer is not None:
+        G = layer.ggn(X, loss, scale, jacobian_bytes=jacobian_bytes, pass_bytes=pass_bytes)
+        samples = even_size(n, max(1, int(jacobian_bytes // (P * theta.element_size()))))
+        if ggn_agrees(flat, loss, X, scale, G, samples=samples):
+            return G
+        del G  # samples interact, or a parameter acts before the layer: Jacobians of every parameter
+    G = theta.new_zeros((P, P))
     jacobian = vmap(jacrev(lambda t, x: flat(t, x.unsqueeze(0))[0]), in_dims=(None, 0))
     n_outputs = flat(theta, X[:1])[0].numel()
     batch = max(1, int(jacobian_bytes // (n_outputs * P * theta.element_size())))

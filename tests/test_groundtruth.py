@@ -144,6 +144,20 @@ def test_retrain_reaches_a_tolerance_below_where_its_line_search_stalls(logistic
     assert gradient_norm(stalled) > 10 * tol
 
 
+@pytest.mark.parametrize("integer", [np.int64, np.int32])
+def test_retrain_with_a_numpy_integer_maxiter_is_polished_like_an_int(logistic, integer):
+    """maxiter=np.int64(1000) passes the check; the Newton polish must run as for 1000, not stop silently."""
+    tb, model, X, y, _, _ = logistic
+    remove = np.arange(1, 150, 4)
+    keep = torch.tensor(np.setdiff1d(np.arange(len(y)), remove))
+    tol = 1e-13 * tb.median_sample_gradient_norm_
+    d = X.shape[1]
+    theta = flat_params(tb.retrain(remove, tol=tol, maxiter=integer(1000))).requires_grad_(True)
+    objective = F.cross_entropy(linear_logits(theta, X[keep], d), y[keep]) + WD / 2 * theta @ theta
+    (gradient,) = torch.autograd.grad(objective, theta)  # of the retrained objective, in plain torch
+    assert float(gradient.norm()) <= 1.5 * tol  # (L-BFGS alone stalls near 1e-11 of the scale here)
+
+
 def test_retrain_of_an_ill_conditioned_model_equals_independent_lbfgs(logistic):
     """A feature in other units (x30): condition number above 1e3, L-BFGS preconditioned by the curvature."""
     _, _, X, y, _, _ = logistic

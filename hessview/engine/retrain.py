@@ -199,7 +199,7 @@ def newton_polish(
                 products,
                 gradient.detach()[:, None],
                 tol=POLISH_CG_RTOL,
-                maxiter=budget - spent - 2,
+                maxiter=int(budget - spent - 2),  # a numpy budget (maxiter=np.int64(...)) is refused by CG
                 preconditioner=precondition,
                 warn=False,
             )

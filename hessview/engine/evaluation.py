@@ -150,7 +150,8 @@ def lds(
             run with one thread).
         tol: gradient-norm tolerance of every retraining (default: ``1e-7`` x the median per-sample gradient
             norm at ``theta``, see :meth:`~hessview.engine.groundtruth.GroundTruthMixin.retrain`).
-        maxiter: L-BFGS iterations per retraining at most.
+        maxiter: per retraining, L-BFGS iterations, then Newton steps' gradients and curvature products,
+            at most (see :meth:`~hessview.engine.groundtruth.GroundTruthMixin.retrain`).
         progress: progress bar (default: the toolbox's ``progress``).
 
     Returns:

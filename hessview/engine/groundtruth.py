@@ -117,7 +117,8 @@ class GroundTruthMixin:
         .. math:: R_{-S}(\\theta) = \\frac{1}{n - |S|} \\sum_{j \\notin S} L_j(\\theta)
                   + \\frac{w}{2} \\lVert\\theta\\rVert^2
 
-        by full-batch L-BFGS (strong-Wolfe line search) from the fitted ``theta`` until
+        by full-batch L-BFGS (strong-Wolfe line search) from the fitted ``theta``, then Newton steps solved by
+        conjugate gradients where L-BFGS stalls (:func:`~hessview.engine.retrain.newton_polish`), until
         :math:`\\lVert\\nabla R_{-S}\\rVert_2 \\le` ``tol``. Results are cached per ``(remove, tol,
         maxiter)``.
 
@@ -127,7 +128,7 @@ class GroundTruthMixin:
                 a minimum to ``tol``).
             tol: gradient 2-norm to reach; default ``1e-7`` x the median per-sample gradient norm at
                 ``theta``.
-            maxiter: L-BFGS iterations at most.
+            maxiter: L-BFGS iterations, then the Newton steps' gradients and curvature products, at most.
 
         Returns:
             A new ``nn.Module`` (a copy; the toolbox and the caller's model are unchanged).

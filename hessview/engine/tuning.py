@@ -135,7 +135,8 @@ def tune_damping(
         max_seconds: refuse (ValueError, before the other retrainings start) when the estimate, the
             retrainings times the measured time of the first divided by the workers, exceeds it.
         tol: gradient-norm tolerance of each retraining (see ``retrain``).
-        maxiter: L-BFGS iterations per retraining at most.
+        maxiter: per retraining, L-BFGS iterations, then Newton steps' gradients and curvature products,
+            at most (see ``retrain``).
 
     Returns:
         ``toolbox``, with the damping set, and the fitted attributes ``damping_scores_`` (grid value ->

@@ -22,6 +22,10 @@ class ConjugateGradientWarning(ApproximationWarning):
     """Conjugate gradients stopped at ``maxiter`` before reaching the tolerance."""
 
 
+class NonPositiveCurvatureError(ValueError):
+    """A CG direction ``d`` with ``d^T A d <= 0``: the matrix is not positive definite."""
+
+
 @dataclass(frozen=True)
 class CGResult:
     """Solutions ``(P, k)``, the iterations used and each column's final relative residual."""
@@ -81,7 +85,7 @@ def conjugate_gradient(
             AD = matmat(Da)
             curvature = (Da * AD).sum(dim=0)
             if float(curvature.min()) <= 0:
-                raise ValueError(
+                raise NonPositiveCurvatureError(
                     "the curvature plus damping is not positive definite along a CG direction "
                     f"(d^T A d = {float(curvature.min()):.3g}); use damping='auto' or a larger damping"
                 )

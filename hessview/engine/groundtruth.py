@@ -49,15 +49,14 @@ class GroundTruthMixin:
         key = (id(self.eigenvectors), self.method_)
         cached = self.__dict__.get("_gt_problem_cache")
         if cached is None or cached[0] != key:
-            M = inverse = None
+            M = factor = None
             lam = self.eigenvalues.abs()
-            if self.method_ == "exact":  # the fitted |C + w I|^-1 for the Newton polish (see retrain.py)
-                V = self.eigenvectors / lam.clamp_min(1e-8 * float(lam.max())).sqrt()
-                inverse = V @ V.T
+            if self.method_ == "exact":  # F F^T = |C + w I|^-1 for the Newton polish (see retrain.py)
+                factor = self.eigenvectors / lam.clamp_min(1e-8 * float(lam.max())).sqrt()
                 if float(lam.max()) > PRECONDITION_CONDITION * float(lam.min()):
-                    M = V
+                    M = factor  # the same tensor: no second P x P matrix, pickled once for Dask
             problem = RetrainProblem(
-                self.flat, self.X_train, self.y_train, self.loss, self.weight_decay, M, inverse
+                self.flat, self.X_train, self.y_train, self.loss, self.weight_decay, M, factor
             )
             self._gt_problem_cache = cached = (key, problem)
         return cached[1]
@@ -135,6 +134,10 @@ class GroundTruthMixin:
 
         Warns:
             ApproximationWarning: when the gradient norm stays above ``tol`` (the norm reached is named).
+
+        The test is first order: gradient steps keep an exact symmetry of the weights (hidden units that
+        are copies of each other stay copies), so such a model can end at a saddle point of
+        :math:`R_{-S}` with a gradient below ``tol`` and no warning.
         """
         self._require_fit()
         check_tol_maxiter(tol, maxiter)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hessview.engine.cg import conjugate_gradient
+from hessview.engine.cg import NonPositiveCurvatureError, conjugate_gradient
 from hessview.engine.distributed import TRANSFORM_LOCK, n_workers
 from hessview.engine.errors import ApproximationWarning
 from hessview.engine.losses import get_loss
@@ -69,8 +69,9 @@ class RetrainProblem:
     loss: str
     weight_decay: float
     preconditioner: torch.Tensor | None = None
-    #: ``|C + w I|^{-1}`` (``P x P``) of the fitted objective: preconditions :func:`newton_polish`
-    inverse_curvature: torch.Tensor | None = None
+    #: ``F`` with ``F F^T = |C + w I|^{-1}`` of the fitted objective (``P x P``, the same tensor as
+    #: ``preconditioner`` when that is set): preconditions :func:`newton_polish`
+    inverse_factor: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,8 @@ def newton_polish(
     and the evaluations spent.
     """
     X, y = problem.X[keep], problem.y[keep]
-    inverse = problem.inverse_curvature
-    precondition = None if inverse is None else (lambda R: inverse @ R)
+    factor = problem.inverse_factor
+    precondition = None if factor is None else (lambda R: factor @ (factor.T @ R))
     theta = theta.detach()
     norm, spent = _gradient_norm(problem, X, y, theta), 1
     while norm > tol and spent + 2 < budget:
@@ -203,7 +204,7 @@ def newton_polish(
                 preconditioner=precondition,
                 warn=False,
             )
-        except ValueError:  # a direction of non-positive curvature: not near a minimum
+        except NonPositiveCurvatureError:  # not near a minimum
             break
         spent += 1 + solve.iterations
         candidate = theta - solve.solution[:, 0]

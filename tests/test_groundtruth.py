@@ -158,6 +158,36 @@ def test_retrain_with_a_numpy_integer_maxiter_is_polished_like_an_int(logistic, 
     assert float(gradient.norm()) <= 1.5 * tol  # (L-BFGS alone stalls near 1e-11 of the scale here)
 
 
+def test_retrain_that_is_slow_rather_than_stalled_keeps_a_budget_for_the_newton_polish(monkeypatch):
+    """One input scaled 3000x: L-BFGS crawls (1.5e-6 after all 1000 iterations); the polish finishes it."""
+    g = torch.Generator().manual_seed(0)
+    n, wd = 100, 1e-4
+    X = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = (X[:, 0] - X[:, 1] + 0.5 * torch.randn(n, generator=g, dtype=torch.float64) > 0).long()
+    X[:, 2] *= 3000
+    torch.manual_seed(0)
+    model = train_model(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), X, y, weight_decay=wd)
+    tb = HessianToolbox(model, X, y, weight_decay=wd, progress=False).fit()
+    remove = np.arange(0, n, 2)
+    keep = torch.tensor(np.setdiff1d(np.arange(n), remove))
+    tol = 1e-7 * tb.median_sample_gradient_norm_
+
+    def gradient_norm(module):  # of the retrained objective, in plain torch
+        theta = flat_params(module).clone().requires_grad_(True)
+        W1, b1, W2, b2 = torch.split(theta, [12, 4, 8, 2])
+        logits = torch.tanh(X[keep] @ W1.view(4, 3).T + b1) @ W2.view(2, 4).T + b2
+        objective = F.cross_entropy(logits, y[keep]) + wd / 2 * theta @ theta
+        return float(torch.autograd.grad(objective, theta)[0].norm())
+
+    assert gradient_norm(tb.retrain(remove)) <= 1.5 * tol  # no warning: converged within maxiter
+    import hessview.engine.retrain as retrain_module
+
+    monkeypatch.setattr(retrain_module, "POLISH_RESERVE", 0)  # L-BFGS may use every iteration
+    with pytest.warns(ApproximationWarning, match="largest gradient norm reached"):
+        slow = tb.retrain(remove, tol=tol * 1.0000001)  # another tolerance: not the cached retraining
+    assert gradient_norm(slow) > 100 * tol
+
+
 def test_retrain_of_an_ill_conditioned_model_equals_independent_lbfgs(logistic):
     """A feature in other units (x30): condition number above 1e3, L-BFGS preconditioned by the curvature."""
     _, _, X, y, _, _ = logistic

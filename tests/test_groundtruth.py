@@ -159,33 +159,38 @@ def test_retrain_with_a_numpy_integer_maxiter_is_polished_like_an_int(logistic, 
 
 
 def test_retrain_that_is_slow_rather_than_stalled_keeps_a_budget_for_the_newton_polish(monkeypatch):
-    """One input scaled 3000x: L-BFGS crawls (1.5e-6 after all 1000 iterations); the polish finishes it."""
+    """Convex, condition 1e10, L-BFGS without its preconditioner: it crawls; the reserved polish finishes it.
+
+    Logistic regression with one input scaled 3000x has one minimum on every platform. Plain L-BFGS
+    needs about 490 iterations to the tolerance; with maxiter=300 it keeps 60 for the Newton polish
+    (whose first step raises the gradient norm while it lowers the objective, and is kept for that).
+    """
+    import dataclasses
+
+    import hessview.engine.retrain as retrain_module
+
     g = torch.Generator().manual_seed(0)
     n, wd = 100, 1e-4
     X = torch.randn(n, 3, generator=g, dtype=torch.float64)
     y = (X[:, 0] - X[:, 1] + 0.5 * torch.randn(n, generator=g, dtype=torch.float64) > 0).long()
     X[:, 2] *= 3000
     torch.manual_seed(0)
-    model = train_model(nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)), X, y, weight_decay=wd)
+    model = train_model(nn.Linear(3, 2), X, y, weight_decay=wd)
     tb = HessianToolbox(model, X, y, weight_decay=wd, progress=False).fit()
-    remove = np.arange(0, n, 2)
-    keep = torch.tensor(np.setdiff1d(np.arange(n), remove))
+    problem = dataclasses.replace(tb._gt_problem(), preconditioner=None)  # slow L-BFGS
+    keep = retrain_module.keep_indices(np.arange(0, n, 2), n)
     tol = 1e-7 * tb.median_sample_gradient_norm_
 
-    def gradient_norm(module):  # of the retrained objective, in plain torch
-        theta = flat_params(module).clone().requires_grad_(True)
-        W1, b1, W2, b2 = torch.split(theta, [12, 4, 8, 2])
-        logits = torch.tanh(X[keep] @ W1.view(4, 3).T + b1) @ W2.view(2, 4).T + b2
-        objective = F.cross_entropy(logits, y[keep]) + wd / 2 * theta @ theta
+    def gradient_norm(theta):  # of the retrained objective, in plain torch
+        theta = theta.clone().requires_grad_(True)
+        objective = F.cross_entropy(linear_logits(theta, X[keep], 3), y[keep]) + wd / 2 * theta @ theta
         return float(torch.autograd.grad(objective, theta)[0].norm())
 
-    assert gradient_norm(tb.retrain(remove)) <= 1.5 * tol  # no warning: converged within maxiter
-    import hessview.engine.retrain as retrain_module
-
+    polished = retrain_module.retrain_theta(problem, keep, tb.theta, tol, 300)
+    assert polished.converged and polished.n_iter <= 300 and gradient_norm(polished.theta) <= 1.5 * tol
     monkeypatch.setattr(retrain_module, "POLISH_RESERVE", 0)  # L-BFGS may use every iteration
-    with pytest.warns(ApproximationWarning, match="largest gradient norm reached"):
-        slow = tb.retrain(remove, tol=tol * 1.0000001)  # another tolerance: not the cached retraining
-    assert gradient_norm(slow) > 100 * tol
+    crawled = retrain_module.retrain_theta(problem, keep, tb.theta, tol, 300)
+    assert not crawled.converged and gradient_norm(crawled.theta) > 3 * tol
 
 
 def test_retrain_of_an_ill_conditioned_model_equals_independent_lbfgs(logistic):

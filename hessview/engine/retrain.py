@@ -163,11 +163,16 @@ def _objective(problem: RetrainProblem, X, y, theta: torch.Tensor) -> torch.Tens
     return loss.per_sample(problem.flat(theta, X), y).mean() + problem.weight_decay / 2 * (theta @ theta)
 
 
-def _gradient_norm(problem: RetrainProblem, X, y, theta: torch.Tensor) -> float:
+def _value_and_gradient_norm(problem: RetrainProblem, X, y, theta: torch.Tensor) -> tuple[float, float]:
     theta = theta.detach().clone().requires_grad_(True)
     with TRANSFORM_LOCK, torch.enable_grad():
-        (gradient,) = torch.autograd.grad(_objective(problem, X, y, theta), theta)
-    return float(gradient.norm())
+        value = _objective(problem, X, y, theta)
+        (gradient,) = torch.autograd.grad(value, theta)
+    return float(value.detach()), float(gradient.norm())
+
+
+def _gradient_norm(problem: RetrainProblem, X, y, theta: torch.Tensor) -> float:
+    return _value_and_gradient_norm(problem, X, y, theta)[1]
 
 
 def newton_polish(
@@ -178,18 +183,21 @@ def newton_polish(
     Each step solves :math:`\\nabla^2 R_{-S}(\\theta)\\, s = \\nabla R_{-S}(\\theta)` to a relative residual
     of ``POLISH_CG_RTOL`` with Hessian-vector products of the kept points (double backward), preconditioned
     by the fitted :math:`|C + wI|^{-1}` when the problem carries it, and moves to :math:`\\theta - s`. It uses
-    gradients and curvature products only, no loss values, so it goes on where a line search can no
-    longer tell two losses apart; near the minimum the gradient norm falls quadratically (1e-10 to 1e-15
-    of the per-sample scale in one step on the test suite's MLP). A step is kept only if it lowers the
-    gradient norm; the first that does not, or a direction of non-positive curvature, ends the polish.
-    ``budget`` bounds the gradients and products evaluated. Returns the best ``theta``, its gradient norm
-    and the evaluations spent.
+    gradients and curvature products, so it goes on where a line search can no longer tell two losses
+    apart; near the minimum the gradient norm falls quadratically (1e-10 to 1e-15 of the per-sample scale
+    in one step on the test suite's MLP). A step is kept if it lowers the gradient norm, or the objective
+    by more than its rounding (``1e3 eps |R|``: further out, where a Newton step of an ill-conditioned
+    objective can raise the gradient norm on its way down); the first that does neither, or a direction
+    of non-positive curvature, ends the polish. ``budget`` bounds the gradients and products evaluated.
+    Returns the ``theta`` with the smallest gradient norm seen, that norm and the evaluations spent.
     """
     X, y = problem.X[keep], problem.y[keep]
     factor = problem.inverse_factor
     precondition = None if factor is None else (lambda R: factor @ (factor.T @ R))
     theta = theta.detach()
-    norm, spent = _gradient_norm(problem, X, y, theta), 1
+    (value, norm), spent = _value_and_gradient_norm(problem, X, y, theta), 1
+    best = (theta, norm)
+    rounding = 1e3 * torch.finfo(theta.dtype).eps
     while norm > tol and spent + 2 < budget:
         start = theta.clone().requires_grad_(True)
         with TRANSFORM_LOCK, torch.enable_grad():  # only the forward pass uses the shared model copy
@@ -213,11 +221,13 @@ def newton_polish(
             break
         spent += 1 + solve.iterations
         candidate = theta - solve.solution[:, 0]
-        new, spent = _gradient_norm(problem, X, y, candidate), spent + 1
-        if not new < norm:
+        (new_value, new), spent = _value_and_gradient_norm(problem, X, y, candidate), spent + 1
+        if not (new < norm or new_value < value - rounding * abs(value)):
             break
-        theta, norm = candidate, new
-    return theta, norm, spent
+        theta, value, norm = candidate, new_value, new
+        if norm < best[1]:
+            best = (theta, norm)
+    return best[0], best[1], spent
 
 
 def keep_indices(remove, n: int) -> torch.Tensor:

@@ -274,19 +274,33 @@ class _InputLinear:
         da, dt = vmap(product)(Ta, Tt)
         return da.detach(), dt.detach()
 
-    def hessian(self, X, y, *, row_chunk: int, pass_bytes: float) -> torch.Tensor:
-        """The exact ``P x P`` Hessian (module docstring), from ``h + P_phi`` products per sample pass."""
-        flat, theta = self.flat, self.flat.theta
-        n, tail = X.shape[0], self.tail.numel()
-        h = self.layer.out_features
+    def _blocks(self, X):
+        """The layer's inputs and outputs, the pairs ``j <= l`` and the three blocks to accumulate."""
+        theta, h, tail = self.flat.theta, self.layer.out_features, self.tail.numel()
         x_all, a_all = self.inputs(X)
         e = x_all.shape[1]  # inputs per output, with the bias column
-        k_total = h + tail  # tangents: the h columns of a (every sample at once), then the tail's units
-        width = max(h, max(activation_widths(flat, X[0], parameter_groups(flat))[1:] + [h]))
         upper = torch.triu_indices(e, e, device=theta.device)  # (j, l) pairs, j <= l: x_s x_s^T is symmetric
-        Hxx = theta.new_zeros((upper.shape[1], h * h))  # sum_s (x_s x_s^T)_jl (d2 l_s / da_s da_s)_ik
-        cross = theta.new_zeros((tail, h, e))  # sum_s d2 l_s / dphi da_s x_s^T
+        Hxx = theta.new_zeros((upper.shape[1], h * h))  # sum_s (x_s x_s^T)_jl (second derivatives in a_s)_ik
+        cross = theta.new_zeros((tail, h, e))  # sum_s (second derivatives in phi and a_s) x_s^T
         Htt = theta.new_zeros((tail, tail))
+        return x_all, a_all, upper, Hxx, cross, Htt
+
+    def hessian(
+        self, X, y, *, row_chunk: int, pass_bytes: float, widths: list[int] | None = None
+    ) -> torch.Tensor:
+        """The exact ``P x P`` Hessian (module docstring), from ``h + P_phi`` products per sample pass.
+
+        ``widths``: :func:`activation_widths` of the parameter groups, when the caller has them (the later
+        groups' set the samples per pass).
+        """
+        theta = self.flat.theta
+        if widths is None:
+            widths = activation_widths(self.flat, X[0], parameter_groups(self.flat))
+        n, tail = X.shape[0], self.tail.numel()
+        h = self.layer.out_features
+        x_all, a_all, upper, Hxx, cross, Htt = self._blocks(X)
+        k_total = h + tail  # tangents: the h columns of a (every sample at once), then the tail's units
+        width = max(widths[1:] + [h])
         for i in range(0, k_total, row_chunk):
             ks = torch.arange(i, min(i + row_chunk, k_total), device=theta.device)
             samples = even_size(n, max(1, int(pass_bytes // (len(ks) * width * theta.element_size()))))
@@ -316,12 +330,7 @@ class _InputLinear:
         ``h + P_phi`` columns instead of ``h (d + 1) + P_phi``.
         """
         theta, h, n, tail = self.flat.theta, self.layer.out_features, X.shape[0], self.tail.numel()
-        x_all, a_all = self.inputs(X)
-        e = x_all.shape[1]
-        upper = torch.triu_indices(e, e, device=theta.device)
-        Hxx = theta.new_zeros((upper.shape[1], h * h))
-        cross = theta.new_zeros((tail, h, e))
-        Htt = theta.new_zeros((tail, tail))
+        x_all, a_all, upper, Hxx, cross, Htt = self._blocks(X)
 
         def outputs(a, t, x):
             return self._outputs(a.unsqueeze(0), t, x.unsqueeze(0))[0]
@@ -488,17 +497,16 @@ def dense_hessian(
         return flat.theta.new_zeros((P, P))
     row_chunk = max(1, int(row_chunk))
     groups = parameter_groups(flat)
+    widths = activation_widths(flat, X[0], groups)
     layer = _InputLinear.probe(flat, loss_sum, X, groups) if input_layer else None
     if layer is not None:  # (no P x P matrix of zeros is held meanwhile)
-        H = layer.hessian(X, y, row_chunk=row_chunk, pass_bytes=pass_bytes)
-        widest = max(activation_widths(flat, X[0], groups))
-        samples = even_size(n, max(1, int(pass_bytes // (widest * flat.theta.element_size()))))
+        H = layer.hessian(X, y, row_chunk=row_chunk, pass_bytes=pass_bytes, widths=widths)
+        samples = even_size(n, max(1, int(pass_bytes // (max(widths) * flat.theta.element_size()))))
         if hessian_agrees(flat, loss_sum, X, y, H, samples=samples):
             return H
         H.zero_()  # samples interact, or a parameter acts before the layer: block rows, exact for any model
     else:
         H = flat.theta.new_zeros((P, P))
-    widths = activation_widths(flat, X[0], groups)
     bar = tqdm(groups, desc="Hessian block rows", disable=not progress or len(groups) == 1, leave=False)
     for (first, stop), width in zip(bar, widths, strict=True):
         block = _BlockRows(flat, loss_sum, first, stop)

@@ -106,8 +106,7 @@ def retrain_theta(
     """
     if maxiter < 1:
         raise ValueError(f"maxiter must be at least 1, not {maxiter}")
-    loss = get_loss(problem.loss)
-    X, y, wd, flat = problem.X[keep], problem.y[keep], problem.weight_decay, problem.flat
+    X, y = problem.X[keep], problem.y[keep]
     coordinates = [None] if problem.preconditioner is None else [problem.preconditioner, None]
     best = {"norm": math.inf, "theta": theta0.detach().clone()}
     n_iter, attempt, stale = 0, 0, 0
@@ -124,7 +123,7 @@ def retrain_theta(
             with TRANSFORM_LOCK, torch.enable_grad():
                 theta = param if M is None else start + M @ param
                 theta.retain_grad()
-                value = loss.per_sample(flat(theta, X), y).mean() + wd / 2 * (theta @ theta)
+                value = _objective(problem, X, y, theta)
                 value.backward()
             norm = float(theta.grad.norm())
             if norm < best["norm"]:
@@ -163,16 +162,13 @@ def _objective(problem: RetrainProblem, X, y, theta: torch.Tensor) -> torch.Tens
     return loss.per_sample(problem.flat(theta, X), y).mean() + problem.weight_decay / 2 * (theta @ theta)
 
 
-def _value_and_gradient_norm(problem: RetrainProblem, X, y, theta: torch.Tensor) -> tuple[float, float]:
-    theta = theta.detach().clone().requires_grad_(True)
-    with TRANSFORM_LOCK, torch.enable_grad():
-        value = _objective(problem, X, y, theta)
-        (gradient,) = torch.autograd.grad(value, theta)
-    return float(value.detach()), float(gradient.norm())
-
-
-def _gradient_norm(problem: RetrainProblem, X, y, theta: torch.Tensor) -> float:
-    return _value_and_gradient_norm(problem, X, y, theta)[1]
+def _value_and_gradient(problem: RetrainProblem, X, y, theta: torch.Tensor):
+    """``(leaf, R_{-S}, its gradient)`` at ``theta``, the gradient with its graph (for curvature products)."""
+    leaf = theta.detach().clone().requires_grad_(True)
+    with TRANSFORM_LOCK, torch.enable_grad():  # only the forward pass uses the shared model copy
+        value = _objective(problem, X, y, leaf)
+        (gradient,) = torch.autograd.grad(value, leaf, create_graph=True)
+    return leaf, float(value.detach()), gradient
 
 
 def newton_polish(
@@ -195,13 +191,11 @@ def newton_polish(
     factor = problem.inverse_factor
     precondition = None if factor is None else (lambda R: factor @ (factor.T @ R))
     theta = theta.detach()
-    (value, norm), spent = _value_and_gradient_norm(problem, X, y, theta), 1
+    (start, value, gradient), spent = _value_and_gradient(problem, X, y, theta), 1
+    norm = float(gradient.detach().norm())
     best = (theta, norm)
     rounding = 1e3 * torch.finfo(theta.dtype).eps
     while norm > tol and spent + 2 < budget:
-        start = theta.clone().requires_grad_(True)
-        with TRANSFORM_LOCK, torch.enable_grad():  # only the forward pass uses the shared model copy
-            (gradient,) = torch.autograd.grad(_objective(problem, X, y, start), start, create_graph=True)
 
         def products(V, gradient=gradient, start=start):
             with torch.enable_grad():
@@ -219,12 +213,16 @@ def newton_polish(
             )
         except NonPositiveCurvatureError:  # not near a minimum
             break
-        spent += 1 + solve.iterations
         candidate = theta - solve.solution[:, 0]
-        (new_value, new), spent = _value_and_gradient_norm(problem, X, y, candidate), spent + 1
+        # the candidate's gradient judges the step and, when it is kept, carries the next step's products
+        (new_start, new_value, new_gradient), spent = (
+            _value_and_gradient(problem, X, y, candidate),
+            spent + solve.iterations + 1,
+        )
+        new = float(new_gradient.detach().norm())
         if not (new < norm or new_value < value - rounding * abs(value)):
             break
-        theta, value, norm = candidate, new_value, new
+        theta, start, value, gradient, norm = candidate, new_start, new_value, new_gradient, new
         if norm < best[1]:
             best = (theta, norm)
     return best[0], best[1], spent

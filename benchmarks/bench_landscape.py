@@ -254,6 +254,60 @@ def saddle_check(land, coords_list) -> int:
     return good
 
 
+def topsearch_tools(loss, n_params: int):
+    """topsearch's pieces, set alike for ``--connect`` and ``--whole``.
+
+    hessview's exact loss as topsearch's potential, the coordinates, the similarity, and a factory of
+    the connection sampler for a kinetic transition network ``ktn``.
+    """
+    from topsearch.data.coordinates import StandardCoordinates
+    from topsearch.potentials.potential import Potential
+    from topsearch.sampling.exploration import NetworkSampling
+    from topsearch.similarity.similarity import StandardSimilarity
+    from topsearch.transition_states.hybrid_eigenvector_following import HybridEigenvectorFollowing
+    from topsearch.transition_states.nudged_elastic_band import NudgedElasticBand
+
+    class NetworkLoss(Potential):  # hessview's exact loss, gradient and Hessian for topsearch
+        def function(self, x):
+            return loss.value(np.asarray(x))
+
+        def gradient(self, x, displacement=None):
+            return loss.value_and_gradient(np.asarray(x))[1]
+
+        def function_gradient(self, x):
+            return loss.value_and_gradient(np.asarray(x))
+
+        def hessian(self, x, displacement=None):
+            return loss.hessian(np.asarray(x))
+
+    coords = StandardCoordinates(ndim=n_params, bounds=[(-100.0, 100.0)] * n_params)
+    potential = NetworkLoss()
+    similarity = StandardSimilarity(distance_criterion=1e-3, energy_criterion=1e-6)
+
+    def make_sampler(ktn):
+        return NetworkSampling(
+            ktn,
+            coords,
+            None,
+            HybridEigenvectorFollowing(potential, ts_conv_crit=1e-6, ts_steps=100, pushoff=1e-2),
+            NudgedElasticBand(
+                potential, force_constant=1.0, image_density=5.0, max_images=20, neb_conv_crit=1e-2
+            ),
+            similarity,
+        )
+
+    return potential, coords, similarity, make_sampler
+
+
+def connect_cycles(sampler, coords, cycles: int) -> None:
+    """``cycles`` rounds of topsearch's ``ConnectUnconnected`` connection attempts (3 pairs each)."""
+    for _ in range(cycles):
+        pairs = sampler.select_minima(coords, "ConnectUnconnected", 3)
+        if not pairs:
+            break
+        sampler.run_connection_attempts(pairs)
+
+
 def connect_benchmark(args) -> None:
     """hessview ``connect()`` against topsearch's connection sampling on the same stored minima."""
     here = os.getcwd()
@@ -281,52 +335,17 @@ def _connect_benchmark(args) -> None:
     classes, status = import_topsearch(args.topsearch)
     if classes is not None:
         import networkx as nx
-        from topsearch.data.coordinates import StandardCoordinates
         from topsearch.data.kinetic_transition_network import KineticTransitionNetwork
-        from topsearch.potentials.potential import Potential
-        from topsearch.sampling.exploration import NetworkSampling
-        from topsearch.similarity.similarity import StandardSimilarity
-        from topsearch.transition_states.hybrid_eigenvector_following import HybridEigenvectorFollowing
-        from topsearch.transition_states.nudged_elastic_band import NudgedElasticBand
-
-        class NetworkLoss(Potential):  # hessview's exact loss, gradient and Hessian for topsearch
-            def function(self, x):
-                return land.loss.value(np.asarray(x))
-
-            def gradient(self, x, displacement=None):
-                return land.loss.value_and_gradient(np.asarray(x))[1]
-
-            def function_gradient(self, x):
-                return land.loss.value_and_gradient(np.asarray(x))
-
-            def hessian(self, x, displacement=None):
-                return land.loss.hessian(np.asarray(x))
 
         np.random.seed(0)
-        P = land.network.n_params
         ktn = KineticTransitionNetwork()
         for m in minima:
             ktn.add_minimum(m.coords.copy(), m.loss)
-        coords = StandardCoordinates(ndim=P, bounds=[(-100.0, 100.0)] * P)
-        potential = NetworkLoss()
-        similarity = StandardSimilarity(distance_criterion=1e-3, energy_criterion=1e-6)
-        sampler = NetworkSampling(
-            ktn,
-            coords,
-            None,
-            HybridEigenvectorFollowing(potential, ts_conv_crit=1e-6, ts_steps=100, pushoff=1e-2),
-            NudgedElasticBand(
-                potential, force_constant=1.0, image_density=5.0, max_images=20, neb_conv_crit=1e-2
-            ),
-            similarity,
-        )
+        _, coords, _, make_sampler = topsearch_tools(land.loss, land.network.n_params)
+        sampler = make_sampler(ktn)
         with single_thread():
             t0 = time.perf_counter()
-            for _ in range(args.cycles):
-                pairs = sampler.select_minima(coords, "ConnectUnconnected", 3)
-                if not pairs:
-                    break
-                sampler.run_connection_attempts(pairs)
+            connect_cycles(sampler, coords, args.cycles)
             wall = time.perf_counter() - t0
         sets = sorted((len(c) for c in nx.connected_components(ktn.G)), reverse=True)
         edges = [data["coords"] for _, _, data in ktn.G.edges(data=True)]
@@ -452,63 +471,28 @@ def _whole_benchmark(args) -> None:
     reference = Landscape(X, y, hidden=4, weight_decay=1e-3, seed=0)
     start = start_point(reference, 0)
     if classes is not None:
-        from topsearch.data.coordinates import StandardCoordinates
         from topsearch.data.kinetic_transition_network import KineticTransitionNetwork
         from topsearch.global_optimisation.basin_hopping import BasinHopping
         from topsearch.global_optimisation.perturbations import StandardPerturbation
-        from topsearch.potentials.potential import Potential
-        from topsearch.sampling.exploration import NetworkSampling
-        from topsearch.similarity.similarity import StandardSimilarity
-        from topsearch.transition_states.hybrid_eigenvector_following import HybridEigenvectorFollowing
-        from topsearch.transition_states.nudged_elastic_band import NudgedElasticBand
-
-        loss = reference.loss
-
-        class NetworkLoss(Potential):  # hessview's exact loss, gradient and Hessian for topsearch
-            def function(self, x):
-                return loss.value(np.asarray(x))
-
-            def gradient(self, x, displacement=None):
-                return loss.value_and_gradient(np.asarray(x))[1]
-
-            def function_gradient(self, x):
-                return loss.value_and_gradient(np.asarray(x))
-
-            def hessian(self, x, displacement=None):
-                return loss.hessian(np.asarray(x))
 
         np.random.seed(0)
         random.seed(0)
-        P = reference.network.n_params
         ktn = KineticTransitionNetwork()
-        coords = StandardCoordinates(ndim=P, bounds=[(-100.0, 100.0)] * P)
+        potential, coords, similarity, make_sampler = topsearch_tools(
+            reference.loss, reference.network.n_params
+        )
         coords.position = start.copy()
-        potential = NetworkLoss()
-        similarity = StandardSimilarity(distance_criterion=1e-3, energy_criterion=1e-6)
         hopping = BasinHopping(
             ktn=ktn,
             potential=potential,
             similarity=similarity,
             step_taking=StandardPerturbation(max_displacement=2 * step),
         )
-        sampler = NetworkSampling(
-            ktn,
-            coords,
-            None,
-            HybridEigenvectorFollowing(potential, ts_conv_crit=1e-6, ts_steps=100, pushoff=1e-2),
-            NudgedElasticBand(
-                potential, force_constant=1.0, image_density=5.0, max_images=20, neb_conv_crit=1e-2
-            ),
-            similarity,
-        )
+        sampler = make_sampler(ktn)
         with single_thread():
             t0 = time.perf_counter()
             hopping.run(coords, args.steps, conv_crit=LBFGS_GTOL, temperature=temperature)
-            for _ in range(args.cycles):
-                pairs = sampler.select_minima(coords, "ConnectUnconnected", 3)
-                if not pairs:
-                    break
-                sampler.run_connection_attempts(pairs)
+            connect_cycles(sampler, coords, args.cycles)
             wall = time.perf_counter() - t0
         minima_coords = [ktn.G.nodes[i]["coords"] for i in range(ktn.n_minima)]
         records = [(data["coords"], a, b) for a, b, data in ktn.G.edges(data=True)]

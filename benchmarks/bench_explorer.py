@@ -29,21 +29,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the browser tests' Chromium and flags)
 
 from hessview import cli  # noqa: E402
 from hessview.app.demos import load_demo  # noqa: E402
 from hessview.app.voila import demo_explorer  # noqa: E402
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ALL_PANELS_SHOW = """(index) => {
   const shown = (selector) => Array.from(document.querySelectorAll(selector))
       .filter((el) => el.offsetParent !== null).map((el) => el.getAttribute('data-test-index'));
@@ -162,7 +155,7 @@ def browser(demo: str, clicks: int, starts: int) -> dict:
 
     cold, phases, latencies, per_panel = [], [], [], []
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         for attempt in range(starts):
             port = cli.free_port(20866)
             url = f"http://127.0.0.1:{port}/"
@@ -228,7 +221,7 @@ def landscape_cold_start(starts: int) -> list[float]:
     selector = ".hv-landscape-{} .hv-landscape-graph path.dot"
     times = []
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         for _ in range(starts):
             port = cli.free_port(20866)
             url = f"http://127.0.0.1:{port}/"

@@ -496,7 +496,7 @@ def _fit(name, X, y, settings, progress, retrain):
     }
     if weights == "shipped":
         report["shipped"] = shipped
-    if getattr(toolbox, "tuned_lds_", None) is not None:
+    if toolbox.tuned_lds_ is not None:  # the current damping was tuned (here or with the weights)
         report["tuned_damping"] = tuned_damping_record(toolbox, arguments)
     return model, toolbox, report
 

@@ -22,10 +22,12 @@ MEASUREMENTS = ("margin", "loss")
 
 
 def _tuned_lds(toolbox) -> float | None:
-    """The hold-out LDS of a damping chosen by ``tune_damping`` (None when it was not tuned)."""
-    if not str(getattr(toolbox, "damping_reason_", "")).startswith("tuned"):
-        return None
-    return float(toolbox.tuned_lds_)
+    """The hold-out LDS of a damping chosen by ``tune_damping`` (None when the current one was not tuned).
+
+    ``set_damping`` keeps ``tuned_lds_`` true to the current damping (None after another value is set).
+    """
+    lds = getattr(toolbox, "tuned_lds_", None)
+    return None if lds is None else float(lds)
 
 
 def _as_numpy(values) -> np.ndarray:
